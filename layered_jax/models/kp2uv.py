@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from layered_jax.models.layers import ConvBlock, Dtype, stack_channels
+from layered_jax.models.layers import ConvBlock, Dtype, at_least_f32, stack_channels
 from layered_jax.models.unet import UNet
 
 NUM_PARTS = 24
@@ -27,7 +27,7 @@ class Kp2UV(nn.Module):
     features = stack_channels([features, x])
     part_logits = ConvBlock(NUM_PARTS + 1, 3, activation=None, dtype=self.dtype, name='id_pred')(features)
     uv = ConvBlock(2 * NUM_PARTS, 3, activation='tanh', dtype=self.dtype, name='uv_pred')(features)
-    return part_logits.astype(jnp.float32), uv.astype(jnp.float32)
+    return at_least_f32(part_logits), at_least_f32(uv)
 
 
 def iuv_image(part_logits: jax.Array, uv: jax.Array) -> jax.Array:

@@ -30,6 +30,11 @@ BN_EPS = 1e-5
 BN_MOMENTUM = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch.
 
 
+def at_least_f32(x: Array) -> Array:
+  """Upcast bfloat16/float16 to float32 (float64 stays): statistics and outputs are never low precision."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def same_padding(kernel: int, stride: int, dilation: int, size: int) -> Tuple[int, int]:
   """Padding (before, after) that gives `size // stride` outputs, floor before and ceil after."""
   out = size // stride
@@ -40,7 +45,8 @@ def same_padding(kernel: int, stride: int, dilation: int, size: int) -> Tuple[in
 def _conv(x: Array, w: Array, dilation: int) -> Array:
   return lax.conv_general_dilated(
       x, w, (1, 1), 'VALID', rhs_dilation=(dilation, dilation),
-      dimension_numbers=_DIMENSIONS, preferred_element_type=jnp.float32).astype(x.dtype)
+      dimension_numbers=_DIMENSIONS,
+      preferred_element_type=jnp.promote_types(x.dtype, jnp.float32)).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -63,7 +69,7 @@ def _conv_tapwise_bwd(dilation, residuals, dy):
   dy_rows = dy.reshape(-1, dy.shape[-1])
   taps = [[jnp.dot(
       x[:, i * dilation:i * dilation + oh, j * dilation:j * dilation + ow, :]
-      .reshape(-1, x.shape[-1]).T, dy_rows, preferred_element_type=jnp.float32)
+      .reshape(-1, x.shape[-1]).T, dy_rows, preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
            for j in range(kw)] for i in range(kh)]
   return dx, jnp.asarray(taps).astype(w.dtype)
 
@@ -143,8 +149,9 @@ def grid_sample(texture: Array, uv: Array) -> Array:
   in [-1, 1] for the texture's outer pixel edges. Returns [..., C].
   """
   height, width, channels = texture.shape
-  x = ((uv[..., 0].astype(jnp.float32) + 1) * width - 1) / 2
-  y = ((uv[..., 1].astype(jnp.float32) + 1) * height - 1) / 2
+  uv = at_least_f32(uv)
+  x = ((uv[..., 0] + 1) * width - 1) / 2
+  y = ((uv[..., 1] + 1) * height - 1) / 2
   x0 = jnp.floor(x)
   y0 = jnp.floor(y)
   flat = texture.reshape(height * width, channels)
@@ -195,10 +202,10 @@ class Conv(nn.Module):
 
 def instance_norm(x: Array) -> Array:
   """Per-sample, per-channel normalisation over H, W (no affine), x [..., H, W, C]."""
-  x32 = x.astype(jnp.float32)
-  mean = x32.mean(axis=(-3, -2), keepdims=True)
-  var = jnp.square(x32 - mean).mean(axis=(-3, -2), keepdims=True)
-  return ((x32 - mean) * lax.rsqrt(var + BN_EPS)).astype(x.dtype)
+  x_full = at_least_f32(x)
+  mean = x_full.mean(axis=(-3, -2), keepdims=True)
+  var = jnp.square(x_full - mean).mean(axis=(-3, -2), keepdims=True)
+  return ((x_full - mean) * lax.rsqrt(var + BN_EPS)).astype(x.dtype)
 
 
 class LayerwiseBatchNorm(nn.Module):
@@ -218,11 +225,11 @@ class LayerwiseBatchNorm(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (channels,))
     running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (channels,))
     running_var = self.variable('batch_stats', 'var', jnp.ones, (channels,))
-    x32 = x.astype(jnp.float32)
+    x_full = at_least_f32(x)
     if use_batch_stats:
       axes = (0, 2, 3)
-      mean = x32.mean(axis=axes)
-      mean_sq = jnp.square(x32).mean(axis=axes)
+      mean = x_full.mean(axis=axes)
+      mean_sq = jnp.square(x_full).mean(axis=axes)
       if self.axis_name is not None:
         mean, mean_sq = lax.pmean((mean, mean_sq), self.axis_name)
       var = jnp.maximum(mean_sq - jnp.square(mean), 0.)  # [L, C]
@@ -234,13 +241,13 @@ class LayerwiseBatchNorm(nn.Module):
         num_layers = x.shape[1]
         keep = 1. - BN_MOMENTUM
         # Layer l's statistics are decayed by the (L - 1 - l) layers seen after it.
-        decay = BN_MOMENTUM * keep ** jnp.arange(num_layers - 1, -1, -1, dtype=jnp.float32)
+        decay = BN_MOMENTUM * keep ** jnp.arange(num_layers - 1, -1, -1, dtype=var.dtype)
         running_mean.value = keep ** num_layers * running_mean.value + decay @ mean
         running_var.value = keep ** num_layers * running_var.value + decay @ unbiased
       mean, var = mean[None, :, None, None], var[None, :, None, None]
     else:
       mean, var = running_mean.value, running_var.value
-    y = (x32 - mean) * lax.rsqrt(var + BN_EPS) * scale + bias
+    y = (x_full - mean) * lax.rsqrt(var + BN_EPS) * scale + bias
     return y.astype(x.dtype)
 
 

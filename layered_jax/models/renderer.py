@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from layered_jax.models.layers import (ConvBlock, Dtype, ResBlock, composite, grid_sample, stack_channels,
-                                       upsample2x_bilinear)
+from layered_jax.models.layers import (ConvBlock, Dtype, ResBlock, at_least_f32, composite, grid_sample,
+                                       stack_channels, upsample2x_bilinear)
 from layered_jax.models.unet import UNet
 
 Array = jax.Array
@@ -57,18 +57,19 @@ class LayeredNeuralRenderer(nn.Module):
                use_running_average: bool = False) -> Dict[str, Array]:
     texture = self.param('texture', nn.initializers.normal(1.),
                          (self.texture_res, self.texture_res * self.n_textures, self.texture_channels))
-    pid_channel = pids[..., None].astype(jnp.float32)
-    features = stack_channels([grid_sample(texture, uv), pid_channel]).astype(self.dtype)
+    sampled = grid_sample(texture, uv)
+    features = stack_channels([sampled, pids[..., None].astype(sampled.dtype)]).astype(self.dtype)
     unet = UNet(self.num_filters, 'batch', 4, 2, self.axis_name, self.dtype, name='unet')
     last = unet(features, use_batch_stats=train or not use_running_average, update_stats=train)
-    rgba = ConvBlock(4, 4, activation='tanh', dtype=self.dtype, name='final_rgba')(last).astype(jnp.float32)
+    rgba = ConvBlock(4, 4, activation='tanh', dtype=self.dtype, name='final_rgba')(last)
+    rgba = at_least_f32(rgba)
 
     if uv_hr is not None:
       rgba = self._upsample(texture, rgba, last, pids, uv_hr, crop)
     return {'reconstruction': composite(rgba), 'layers': rgba}
 
   def _upsample(self, texture, rgba, last, pids, uv_hr, crop):
-    low = stack_channels([rgba, pids[..., None].astype(jnp.float32), last])
+    low = stack_channels([rgba, pids[..., None].astype(rgba.dtype), last])
     high = upsample2x_bilinear(low)
     if crop is not None:
       window = (high.shape[0], high.shape[1], self.crop_size, self.crop_size)
@@ -78,4 +79,4 @@ class LayeredNeuralRenderer(nn.Module):
     # Channel order of the reference: rgba, sampled texture, pid, last features.
     inputs = stack_channels([rgba_up, grid_sample(texture, uv_hr), pid_up, last_up]).astype(self.dtype)
     residual = Upsampler(self.num_filters, self.dtype, name='upsampler')(inputs)
-    return jnp.clip(rgba_up.astype(jnp.float32) + 0.01 * residual.astype(jnp.float32), -1, 1)
+    return jnp.clip(rgba_up + 0.01 * at_least_f32(residual), -1, 1)

@@ -1,0 +1,30 @@
+"""Shared helpers: seeded inputs and NCHW (PyTorch) <-> NHWC (Flax) layout changes."""
+
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+jax.config.update('jax_default_matmul_precision', 'highest')
+torch.set_num_threads(os.cpu_count() or 1)
+
+
+def nhwc(t: torch.Tensor) -> np.ndarray:
+  """[..., C, H, W] torch tensor -> [..., H, W, C] numpy array."""
+  return np.moveaxis(t.detach().numpy(), -3, -1)
+
+
+def layered_uv(uv: torch.Tensor) -> np.ndarray:
+  """Reference UV input [B, 2L, H, W] -> [B, L, H, W, 2]."""
+  b, c, h, w = uv.shape
+  return uv.detach().numpy().reshape(b, c // 2, 2, h, w).transpose(0, 1, 3, 4, 2)
+
+
+@pytest.fixture
+def rng():
+  torch.manual_seed(0)
+  return np.random.default_rng(0)

@@ -1,0 +1,152 @@
+"""Building blocks against PyTorch: padding, convolutions, sampler, upsampling, BatchNorm, compositing."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from jax import lax
+
+from layered_jax.models import layers
+from tests.conftest import nhwc
+from tests.torch_reference import Block
+
+
+@pytest.mark.parametrize('kernel,stride,dilation,expected', [
+    (4, 2, 1, (1, 1)),  # encoder downsampling
+    (4, 1, 2, (3, 3)),  # dilated bottleneck
+    (4, 1, 1, (1, 2)),  # final rgba conv: asymmetric, floor before, ceil after
+    (3, 1, 1, (1, 1)),
+])
+def test_same_padding_matches_reference_rule(kernel, stride, dilation, expected):
+  assert layers.same_padding(kernel, stride, dilation, 64) == expected
+
+
+def _torch_grads(block, x):
+  x = x.clone().requires_grad_(True)
+  y = block(x)
+  (y * torch.cos(y)).sum().backward()  # a non-trivial upstream gradient
+  return y, x.grad, block.conv.weight.grad, block.conv.bias.grad
+
+
+@pytest.mark.parametrize('kernel,stride,dilation,transpose', [
+    (4, 2, 1, False), (4, 1, 2, False), (4, 1, 1, False), (3, 1, 1, False), (4, 2, 1, True)])
+def test_conv_block_matches_torch_forward_and_gradients(rng, kernel, stride, dilation, transpose):
+  block = Block(6, 5, kernel, stride, dilation, transpose=transpose, act=None)
+  x = torch.randn(2, 6, 16, 24)
+  y_t, dx_t, dw_t, db_t = _torch_grads(block, x)
+  w = block.conv.weight.detach().numpy()
+  kernel_hwio = w.transpose((2, 3, 0, 1) if transpose else (2, 3, 1, 0))
+  variables = {'params': {'conv': {'kernel': kernel_hwio, 'bias': block.conv.bias.detach().numpy()}}}
+  jblock = layers.ConvBlock(5, kernel, stride, dilation, transpose, activation=None)
+
+  def loss(variables, x):
+    y = jblock.apply(variables, x)
+    return jnp.sum(y * jnp.cos(y)), y
+
+  (_, y), (dvars, dx) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(variables, nhwc(x))
+  np.testing.assert_allclose(y, nhwc(y_t), atol=1e-5)
+  np.testing.assert_allclose(dx, nhwc(dx_t), atol=1e-4)
+  dw = dvars['params']['conv']['kernel']
+  np.testing.assert_allclose(dw, dw_t.numpy().transpose((2, 3, 0, 1) if transpose else (2, 3, 1, 0)),
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dvars['params']['conv']['bias'], db_t.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_tapwise_weight_gradient_equals_xla_autodiff(rng):
+  x = jnp.asarray(rng.normal(size=(2, 11, 13, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(4, 4, 3, 5)), jnp.float32)
+  native = lambda x, w: jnp.sum(jnp.sin(lax.conv_general_dilated(
+      x, w, (1, 1), 'VALID', rhs_dilation=(2, 2), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))))
+  tapwise = lambda x, w: jnp.sum(jnp.sin(layers._conv_tapwise_grad(x, w, 2)))
+  for got, want in zip(jax.grad(tapwise, (0, 1))(x, w), jax.grad(native, (0, 1))(x, w)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _grid_sample_torch(texture_hwc, uv):
+  tex = torch.from_numpy(np.ascontiguousarray(texture_hwc.transpose(2, 0, 1)))[None]
+  grid = torch.from_numpy(uv)[None]
+  return nhwc(F.grid_sample(tex, grid, mode='bilinear', padding_mode='zeros', align_corners=False))[0]
+
+
+def test_grid_sample_matches_torch_inside_on_and_beyond_the_border(rng):
+  texture = rng.normal(size=(16, 48, 4)).astype(np.float32)
+  uv = rng.uniform(-1.3, 1.3, size=(9, 17, 2)).astype(np.float32)
+  edges = np.array([-1., 1., -1. + 1e-7, 1. - 1e-7, -1.0625, 1.0625, 0.], np.float32)
+  uv[0, :7, 0], uv[1, :7, 1] = edges, edges  # exactly +-1, just inside, half a texel out
+  uv[2, :7] = np.stack([edges, edges[::-1]], -1)
+  np.testing.assert_allclose(layers.grid_sample(jnp.asarray(texture), jnp.asarray(uv)),
+                             _grid_sample_torch(texture, uv), atol=1e-5)
+
+
+def test_grid_sample_beyond_half_texel_is_zero_and_at_border_half_weight():
+  texture = jnp.ones((4, 8, 1))
+  uv = jnp.array([[[1.3, 0.], [-1.3, 0.], [1., 0.], [1., 1.]]])
+  out = layers.grid_sample(texture, uv)[0, :, 0]
+  np.testing.assert_allclose(out, [0., 0., 0.5, 0.25])
+
+
+def test_grid_sample_texture_gradient_matches_torch(rng):
+  texture = rng.normal(size=(8, 24, 3)).astype(np.float32)
+  uv = rng.uniform(-1.1, 1.1, size=(6, 10, 2)).astype(np.float32)
+  weights = rng.normal(size=(6, 10, 3)).astype(np.float32)
+  g = jax.grad(lambda t: jnp.sum(layers.grid_sample(t, jnp.asarray(uv)) * weights))(jnp.asarray(texture))
+  tex = torch.from_numpy(texture.transpose(2, 0, 1).copy())[None].requires_grad_(True)
+  out = F.grid_sample(tex, torch.from_numpy(uv)[None], align_corners=False)
+  (out * torch.from_numpy(weights.transpose(2, 0, 1).copy())[None]).sum().backward()
+  np.testing.assert_allclose(g, nhwc(tex.grad)[0], atol=1e-5)
+
+
+def test_upsample2x_matches_torch_bilinear(rng):
+  x = torch.randn(2, 3, 5, 7)
+  want = nhwc(F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False))
+  np.testing.assert_allclose(layers.upsample2x_bilinear(jnp.asarray(nhwc(x))), want, atol=1e-6)
+
+
+def test_composite_equals_sequential_over(rng):
+  rgba = jnp.asarray(rng.uniform(-1, 1, size=(2, 4, 3, 5, 4)), jnp.float32)
+  comp = rgba[:, 0]
+  for i in range(1, 4):
+    a = rgba[:, i, ..., 3:4] * 0.5 + 0.5
+    comp = rgba[:, i] * a + comp * (1 - a)
+  np.testing.assert_allclose(layers.composite(rgba), comp, atol=1e-6)
+
+
+def test_layerwise_batchnorm_matches_torch_per_layer(rng):
+  """Each layer normalised over its own frames; running stats as after L sequential updates."""
+  b, num_layers, c = 3, 4, 5
+  x = rng.normal(size=(b, num_layers, 6, 7, c)).astype(np.float32) * 3 + 1
+  bn = torch.nn.BatchNorm2d(c)
+  with torch.no_grad():
+    bn.weight.copy_(torch.linspace(0.5, 2, c))
+    bn.bias.copy_(torch.linspace(-1, 1, c))
+  want = np.stack([nhwc(bn(torch.from_numpy(x[:, l].transpose(0, 3, 1, 2).copy())))
+                   for l in range(num_layers)], 1)
+  module = layers.LayerwiseBatchNorm()
+  variables = {'params': {'scale': bn.weight.detach().numpy(), 'bias': bn.bias.detach().numpy()},
+               'batch_stats': {'mean': np.zeros(c, np.float32), 'var': np.ones(c, np.float32)}}
+  got, updates = module.apply(variables, x, True, True, mutable=['batch_stats'])
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(updates['batch_stats']['mean'], bn.running_mean.numpy(), atol=1e-5)
+  np.testing.assert_allclose(updates['batch_stats']['var'], bn.running_var.numpy(), rtol=1e-5)
+  bn.eval()
+  running = module.apply({**variables, **updates}, x, False, False)
+  np.testing.assert_allclose(running[:, 1], nhwc(bn(torch.from_numpy(x[:, 1].transpose(0, 3, 1, 2).copy()))),
+                             atol=1e-5)
+
+
+def test_instance_norm_matches_torch(rng):
+  x = torch.randn(2, 3, 6, 9) * 2 + 1
+  np.testing.assert_allclose(layers.instance_norm(jnp.asarray(nhwc(x))),
+                             nhwc(torch.nn.InstanceNorm2d(3)(x)), atol=1e-5)
+
+
+def test_conv_init_follows_torch_bounds():
+  variables = layers.Conv(8, 4).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 16)))
+  bound = 1 / np.sqrt(16 * 16)
+  kernel = variables['params']['kernel']
+  assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
+  transposed = layers.Conv(8, 4, transpose=True).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 16)))
+  assert np.abs(transposed['params']['kernel']).max() <= 1 / np.sqrt(8 * 16)
