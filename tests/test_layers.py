@@ -55,13 +55,15 @@ def test_conv_block_matches_torch_forward_and_gradients(rng, kernel, stride, dil
   np.testing.assert_allclose(dvars['params']['conv']['bias'], db_t.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_tapwise_weight_gradient_equals_xla_autodiff(rng):
+@pytest.mark.parametrize('features', [5, 40])  # thin outputs use the patches-of-dy product
+def test_cpu_conv_gradient_equals_xla_autodiff(rng, features):
   x = jnp.asarray(rng.normal(size=(2, 11, 13, 3)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(4, 4, 3, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(4, 4, 3, features)), jnp.float32)
+  padding = ((3, 2), (1, 4))
   native = lambda x, w: jnp.sum(jnp.sin(lax.conv_general_dilated(
-      x, w, (1, 1), 'VALID', rhs_dilation=(2, 2), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))))
-  tapwise = lambda x, w: jnp.sum(jnp.sin(layers._conv_tapwise_grad(x, w, 2)))
-  for got, want in zip(jax.grad(tapwise, (0, 1))(x, w), jax.grad(native, (0, 1))(x, w)):
+      x, w, (1, 1), padding, rhs_dilation=(2, 2), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))))
+  custom = lambda x, w: jnp.sum(jnp.sin(layers._conv_s1_cpu(x, w, padding, 2)))
+  for got, want in zip(jax.grad(custom, (0, 1))(x, w), jax.grad(native, (0, 1))(x, w)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 

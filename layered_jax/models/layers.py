@@ -1,16 +1,15 @@
 """Building blocks shared by the renderer and kp2uv (NHWC throughout).
 
-Every convolution here is reduced to one primitive, a stride-1 "valid"
-convolution on a pre-padded input (`conv_valid`):
+Convolutions are shaped for XLA:CPU, whose own gradients of transposed and
+stride-1 convolutions are 10-100x slower than PyTorch's (spec section 6), and
+whose convolutions are far faster when they pad the input themselves:
 
-* strided convolutions become stride-1 convolutions on a space-to-depth view,
-* transposed convolutions become one stride-1 convolution whose output
-  channels hold the four sub-pixel phases, followed by depth-to-space.
-
-Both rewrites are exact. They exist because XLA:CPU's own gradients of
-strided and transposed convolutions are 10-30x slower than PyTorch (spec
-section 6); on CPU `conv_valid` also computes its weight gradient as one
-matrix product per kernel tap instead of XLA's slow filter-gradient path.
+* transposed convolutions are one stride-1 convolution whose output channels
+  hold the four sub-pixel phases, followed by depth-to-space (exact);
+* stride-1 convolutions (`conv_same_s1`) get a custom weight gradient on CPU:
+  one matrix product per kernel tap, or a single product against the patches
+  of the output gradient when it has few channels;
+* strided convolutions use XLA's native op and gradients, which are fine.
 """
 
 import functools
@@ -42,69 +41,60 @@ def same_padding(kernel: int, stride: int, dilation: int, size: int) -> Tuple[in
   return total // 2, total - total // 2
 
 
-def _conv(x: Array, w: Array, dilation: int) -> Array:
+Padding = Tuple[Tuple[int, int], Tuple[int, int]]
+
+
+def _conv(x: Array, w: Array, padding: Padding, dilation: int = 1, stride: int = 1) -> Array:
   return lax.conv_general_dilated(
-      x, w, (1, 1), 'VALID', rhs_dilation=(dilation, dilation),
-      dimension_numbers=_DIMENSIONS,
+      x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=_DIMENSIONS,
       preferred_element_type=jnp.promote_types(x.dtype, jnp.float32)).astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_tapwise_grad(x: Array, w: Array, dilation: int) -> Array:
-  return _conv(x, w, dilation)
+def _matmul(a: Array, b: Array) -> Array:
+  return jnp.dot(a, b, preferred_element_type=jnp.promote_types(a.dtype, jnp.float32))
 
 
-def _conv_tapwise_fwd(x, w, dilation):
-  return _conv(x, w, dilation), (x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_s1_cpu(x: Array, w: Array, padding: Padding, dilation: int) -> Array:
+  return _conv(x, w, padding, dilation)
 
 
-def _conv_tapwise_bwd(dilation, residuals, dy):
+def _conv_s1_cpu_fwd(x, w, padding, dilation):
+  return _conv(x, w, padding, dilation), (x, w)
+
+
+def _conv_s1_cpu_bwd(padding, dilation, residuals, dy):
   x, w = residuals
-  kh, kw = w.shape[:2]
+  kh, kw, _, features = w.shape
+  span = ((kh - 1) * dilation, (kw - 1) * dilation)
+  # Input gradient: correlation of dy with the flipped, transposed kernel.
+  dx_padding = tuple((s - lo, s - hi) for s, (lo, hi) in zip(span, padding))
+  dx = _conv(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3), dx_padding, dilation)
+  xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
   _, oh, ow, _ = dy.shape
-  # Input gradient: a full correlation of dy with the flipped, transposed kernel.
-  pad = ((0, 0), ((kh - 1) * dilation,) * 2, ((kw - 1) * dilation,) * 2, (0, 0))
-  dx = _conv(jnp.pad(dy, pad), jnp.flip(w, (0, 1)).swapaxes(2, 3), dilation)
-  # Weight gradient: for each tap, (shifted input)^T @ dy over all positions.
-  dy_rows = dy.reshape(-1, dy.shape[-1])
-  taps = [[jnp.dot(
-      x[:, i * dilation:i * dilation + oh, j * dilation:j * dilation + ow, :]
-      .reshape(-1, x.shape[-1]).T, dy_rows, preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
-           for j in range(kw)] for i in range(kh)]
-  return dx, jnp.asarray(taps).astype(w.dtype)
+  offsets = [(i * dilation, j * dilation) for i in range(kh) for j in range(kw)]
+  if features <= 16:
+    # dw[i,j] = sum_q xp[q]^T dy[q - offset_ij]: one product against the thin patches of dy.
+    hp, wp = xp.shape[1:3]
+    shifted = [jnp.pad(dy, ((0, 0), (a, hp - oh - a), (b, wp - ow - b), (0, 0))) for a, b in offsets]
+    dw = _matmul(xp.reshape(-1, xp.shape[-1]).T, jnp.concatenate(shifted, -1).reshape(-1, kh * kw * features))
+    dw = dw.reshape(-1, kh, kw, features).transpose(1, 2, 0, 3)
+  else:
+    # dw[i,j] = (input window at offset ij)^T @ dy, one product per tap.
+    dy_rows = dy.reshape(-1, features)
+    dw = jnp.stack([_matmul(xp[:, a:a + oh, b:b + ow, :].reshape(-1, xp.shape[-1]).T, dy_rows)
+                    for a, b in offsets]).reshape(w.shape)
+  return dx, dw.astype(w.dtype)
 
 
-_conv_tapwise_grad.defvjp(_conv_tapwise_fwd, _conv_tapwise_bwd)
+_conv_s1_cpu.defvjp(_conv_s1_cpu_fwd, _conv_s1_cpu_bwd)
 
 
-def conv_valid(x: Array, w: Array, dilation: int = 1) -> Array:
-  """Stride-1 valid convolution, x [N,H,W,I], w [kh,kw,I,O]."""
+def conv_same_s1(x: Array, w: Array, padding: Padding, dilation: int = 1) -> Array:
+  """Stride-1 convolution with explicit padding, x [N,H,W,I], w [kh,kw,I,O]."""
   if jax.default_backend() == 'cpu':
-    return _conv_tapwise_grad(x, w, dilation)
-  return _conv(x, w, dilation)
-
-
-def space_to_depth(x: Array) -> Array:
-  """[N, 2H, 2W, C] -> [N, H, W, 4C], channel order (row phase, column phase, C)."""
-  n, h, w, c = x.shape
-  x = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(n, h // 2, w // 2, 4 * c)
-
-
-def conv2d(x: Array, w: Array, stride: int = 1, dilation: int = 1) -> Array:
-  """Convolution with the reference's "same" padding (floor before, ceil after)."""
-  k = w.shape[0]
-  pad_h = same_padding(k, stride, dilation, x.shape[1])
-  pad_w = same_padding(k, stride, dilation, x.shape[2])
-  x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-  if stride == 1:
-    return conv_valid(x, w, dilation)
-  if stride != 2 or k % 2 or dilation != 1 or x.shape[1] % 2 or x.shape[2] % 2:
-    raise ValueError(f'unsupported strided conv: k={k} s={stride} d={dilation} input {x.shape}')
-  # A k x k stride-2 conv is a (k/2) x (k/2) stride-1 conv on the space-to-depth view.
-  i, o = w.shape[2:]
-  w = w.reshape(k // 2, 2, k // 2, 2, i, o).transpose(0, 2, 1, 3, 4, 5).reshape(k // 2, k // 2, 4 * i, o)
-  return conv_valid(space_to_depth(x), w)
+    return _conv_s1_cpu(x, w, padding, dilation)
+  return _conv(x, w, padding, dilation)
 
 
 # Kernel tap used by each output phase of a k=4, s=2 transposed conv cropped to 2x:
@@ -112,7 +102,7 @@ def conv2d(x: Array, w: Array, stride: int = 1, dilation: int = 1) -> Array:
 _PHASE_TAPS = np.array([[3, 1], [2, 0]])
 
 
-def conv_transpose2x(x: Array, w: Array) -> Array:
+def _phase_conv_transpose(x: Array, w: Array) -> Array:
   """PyTorch ConvTranspose2d(k=4, s=2) cropped by one pixel per side, w [4,4,I,O] (no flip).
 
   Written as one 2x2 stride-1 convolution whose 4*O output channels are the four
@@ -122,10 +112,63 @@ def conv_transpose2x(x: Array, w: Array) -> Array:
   o = w.shape[3]
   phase_w = w[_PHASE_TAPS[:, :, None, None], _PHASE_TAPS[None, None, :, :]]  # [a, ty, b, tx, I, O]
   phase_w = phase_w.transpose(1, 3, 4, 0, 2, 5).reshape(2, 2, w.shape[2], 4 * o)
-  y = conv_valid(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), phase_w)
+  y = conv_same_s1(x, phase_w, ((1, 1), (1, 1)))
   y = y.reshape(n, h + 1, wd + 1, 2, 2, o)
   rows = [jnp.stack([y[:, a:a + h, b:b + wd, a, b] for b in range(2)], axis=3) for a in range(2)]
   return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * wd, o)
+
+
+def _strided_conv(x: Array, w: Array) -> Array:
+  """k=4, s=2 convolution with padding (1, 1): the adjoint of the transposed conv above."""
+  return _conv(x, w, ((1, 1), (1, 1)), 1, 2)
+
+
+# The two 2x resamplings are adjoint: each one's input gradient is the other's (fast) forward
+# pass with in/out channels swapped; weight gradients go through the stride-1 path or XLA.
+@jax.custom_vjp
+def _conv_transpose_cpu(x: Array, w: Array) -> Array:
+  return _phase_conv_transpose(x, w)
+
+
+def _conv_transpose_cpu_bwd(residuals, dy):
+  x, w = residuals
+  _, pullback = jax.vjp(lambda w: _phase_conv_transpose(x, w), w)
+  return _strided_conv(dy, w.swapaxes(2, 3)), pullback(dy)[0]
+
+
+_conv_transpose_cpu.defvjp(lambda x, w: (_phase_conv_transpose(x, w), (x, w)), _conv_transpose_cpu_bwd)
+
+
+@jax.custom_vjp
+def _strided_conv_cpu(x: Array, w: Array) -> Array:
+  return _strided_conv(x, w)
+
+
+def _strided_conv_cpu_bwd(residuals, dy):
+  x, w = residuals
+  _, pullback = jax.vjp(lambda w: _strided_conv(x, w), w)
+  return _phase_conv_transpose(dy, w.swapaxes(2, 3)), pullback(dy)[0]
+
+
+_strided_conv_cpu.defvjp(lambda x, w: (_strided_conv(x, w), (x, w)), _strided_conv_cpu_bwd)
+
+
+def conv_transpose2x(x: Array, w: Array) -> Array:
+  """PyTorch ConvTranspose2d(k=4, s=2) cropped to exactly 2x the input, w [4,4,I,O] (no flip)."""
+  if jax.default_backend() == 'cpu':
+    return _conv_transpose_cpu(x, w)
+  return _phase_conv_transpose(x, w)
+
+
+def conv2d(x: Array, w: Array, stride: int = 1, dilation: int = 1) -> Array:
+  """Convolution with the reference's "same" padding (floor before, ceil after)."""
+  k = w.shape[0]
+  padding = (same_padding(k, stride, dilation, x.shape[1]), same_padding(k, stride, dilation, x.shape[2]))
+  if stride == 1:
+    return conv_same_s1(x, w, padding, dilation)
+  if jax.default_backend() == 'cpu' and k == 4 and stride == 2 and padding == ((1, 1), (1, 1)):
+    return _strided_conv_cpu(x, w)
+  return _conv(x, w, padding, dilation, stride)
 
 
 def upsample2x_bilinear(x: Array, axes: Tuple[int, int] = (-3, -2)) -> Array:

@@ -1,0 +1,137 @@
+"""Frames per second of one full train step (forward, backward, Adam), JAX against PyTorch.
+
+  python -m benchmarks.train_step                      # 256x448, 2 and 4 layers, table
+  python -m benchmarks.train_step --json               # one JSON object per line
+  python -m benchmarks.train_step --dtype=bfloat16 --skip_torch   # accelerators
+
+Both sides run the reference network (nf=64, 16-channel texture, 24 textures
+per person) at batch 1 on the same random inputs. FLOPs per step come from
+XLA's cost analysis (the spec quotes 148 GFLOP per frame at 2 layers).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from layered_jax import train  # noqa: E402
+from layered_jax.models import LayeredNeuralRenderer  # noqa: E402
+
+LOSS_WEIGHTS = {'lambda_alpha_l1': 0.01, 'lambda_alpha_l0': 0.005, 'lambda_mask': 50.}
+# Dense spec-sheet peaks in TFLOP/s (bf16 tensor core, fp32 non-tensor) for reporting utilisation.
+PEAK_TFLOPS = {'H200': (989., 67.), 'H100': (989., 67.), 'A100': (312., 19.5)}
+
+
+def random_batch(rng: np.random.Generator, batch_size: int, num_layers: int, height: int, width: int):
+  shape = (batch_size, num_layers, height, width)
+  return {
+      'uv': rng.uniform(-1, 1, shape + (2,)).astype(np.float32),
+      'pids': rng.integers(0, num_layers, shape).astype(np.float32),
+      'trimap': rng.integers(-1, 2, shape).astype(np.float32),
+      'rgb': rng.uniform(-1, 1, (batch_size, height, width, 3)).astype(np.float32),
+  }
+
+
+def time_jax(batch, num_filters: int, dtype: str, steps: int):
+  num_layers = batch['uv'].shape[1]
+  module = LayeredNeuralRenderer(n_textures=24 * (num_layers - 1) + 1, num_filters=num_filters,
+                                 dtype=jnp.dtype(dtype))
+  batch = jax.device_put(batch)
+  state = train.create_train_state(jax.random.PRNGKey(0), module, batch, 1e-3)
+  step = jax.jit(train.train_step, donate_argnums=0)
+  weights = jax.device_put(LOSS_WEIGHTS)
+  compiled = step.lower(state, batch, weights).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', 0.)) if cost else 0.
+  state, terms = step(state, batch, weights)  # warm-up
+  jax.block_until_ready(terms)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, terms = step(state, batch, weights)
+  jax.block_until_ready(terms)
+  return (time.perf_counter() - start) / steps, flops
+
+
+def time_torch(batch, num_filters: int, steps: int):
+  import torch
+  from tests.torch_reference import TorchLNR, reconstruction_losses
+  torch.set_num_threads(os.cpu_count() or 1)
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  b, num_layers, h, w, _ = batch['uv'].shape
+  net = TorchLNR(nf=num_filters, n_textures=24 * (num_layers - 1) + 1).to(device)
+  optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+  uv = torch.from_numpy(batch['uv'].transpose(0, 1, 4, 2, 3).reshape(b, 2 * num_layers, h, w)).to(device)
+  pids = torch.from_numpy(batch['pids']).to(device)
+  trimap = torch.from_numpy(batch['trimap']).to(device)
+  rgb = torch.from_numpy(batch['rgb'].transpose(0, 3, 1, 2).copy()).to(device)
+
+  def step():
+    optimizer.zero_grad()
+    total, *_ = reconstruction_losses(net(uv, pids), rgb, trimap)
+    total.backward()
+    optimizer.step()
+
+  step()  # warm-up
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  sync()
+  start = time.perf_counter()
+  for _ in range(steps):
+    step()
+  sync()
+  return (time.perf_counter() - start) / steps
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--layers', type=int, nargs='+', default=[2, 4], help='layers per frame, background included')
+  parser.add_argument('--height', type=int, default=256)
+  parser.add_argument('--width', type=int, default=448)
+  parser.add_argument('--num_filters', type=int, default=64)
+  parser.add_argument('--steps', type=int, default=3, help='timed steps after one warm-up step')
+  parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  parser.add_argument('--skip_torch', action='store_true')
+  parser.add_argument('--json', action='store_true', help='one JSON object per configuration')
+  args = parser.parse_args(argv)
+
+  device = jax.devices()[0]
+  peaks = next((p for name, p in PEAK_TFLOPS.items() if name in device.device_kind), None)
+  if not args.json:
+    print(f'device: {device.device_kind} ({jax.default_backend()}), {args.height}x{args.width}, '
+          f'batch 1, nf={args.num_filters}, {args.dtype}')
+    print(f'{"layers":>6} {"jax fps":>9} {"torch fps":>9} {"ratio":>6} {"GFLOP/frame":>11} {"TFLOP/s":>8}'
+          + (f' {"%bf16":>6} {"%fp32":>6}' if peaks else ''))
+  rows = []
+  for num_layers in args.layers:
+    batch = random_batch(np.random.default_rng(0), 1, num_layers, args.height, args.width)
+    jax_seconds, flops = time_jax(batch, args.num_filters, args.dtype, args.steps)
+    torch_seconds = None if args.skip_torch else time_torch(batch, args.num_filters, args.steps)
+    row = {'layers': num_layers, 'height': args.height, 'width': args.width, 'dtype': args.dtype,
+           'device': device.device_kind, 'jax_fps': 1 / jax_seconds,
+           'torch_fps': None if torch_seconds is None else 1 / torch_seconds,
+           'ratio': None if torch_seconds is None else torch_seconds / jax_seconds,
+           'gflop_per_frame': flops / 1e9, 'tflops': flops / jax_seconds / 1e12}
+    if peaks:
+      row['fraction_of_bf16_peak'] = row['tflops'] / peaks[0]
+      row['fraction_of_fp32_peak'] = row['tflops'] / peaks[1]
+    rows.append(row)
+    if args.json:
+      print(json.dumps(row), flush=True)
+    else:
+      torch_fps = '-' if torch_seconds is None else f'{row["torch_fps"]:.3f}'
+      ratio = '-' if torch_seconds is None else f'{row["ratio"]:.2f}'
+      print(f'{num_layers:>6} {row["jax_fps"]:>9.3f} {torch_fps:>9} {ratio:>6} {row["gflop_per_frame"]:>11.1f} '
+            f'{row["tflops"]:>8.3f}' + (f' {100 * row["fraction_of_bf16_peak"]:>5.1f}% '
+                                        f'{100 * row["fraction_of_fp32_peak"]:>5.1f}%' if peaks else ''),
+            flush=True)
+  return rows
+
+
+if __name__ == '__main__':
+  main()
