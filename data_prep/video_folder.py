@@ -93,7 +93,7 @@ def read_homographies(path: str, num_frames: int) -> Homographies:
   with open(path) as f:
     lines = [line.split() for line in f if line.strip()]
   try:
-    if lines[0][0] != 'size:' or lines[1][0] != 'bounds:':
+    if len(lines) < 2 or lines[0][0] != 'size:' or lines[1][0] != 'bounds:':
       raise ValueError('the first lines must be "size: W H" and "bounds: xmin xmax ymin ymax"')
     size = (int(lines[0][1]), int(lines[0][2]))
     bounds = tuple(float(b) for b in lines[1][1:5])

@@ -1,0 +1,131 @@
+"""Build the TFDS dataset of one video folder (one example per frame, array_record files).
+
+  python -m data_prep.build --video_dir=VIDEO --data_dir=DIR [--use_homographies] [--use_mask_images]
+
+Features per frame: rgb [H,W,3] and rgb_hr [2H,2W,3] uint8; uv [L,H,W,2] in [-1, 1];
+trimap [L,H,W] in {-1, 0, 1}; pids [L,H,W]; frame_index. Layer 0 is the
+background, the rest follow the frame's composite order (spec section 2).
+The build writes to a staging folder renamed at the end, so a bad frame
+found half-way leaves no dataset behind. Reading (`load_frames`) needs no TensorFlow.
+"""
+
+import functools
+import os
+import shutil
+import tempfile
+from typing import Dict
+
+import numpy as np
+from absl import app, flags
+
+from data_prep import video_folder
+
+DATASET_NAME = 'layered_video'
+
+
+@functools.lru_cache(maxsize=None)
+def _builder_class():
+  """The builder class; TensorFlow Datasets is imported only to build."""
+  import tensorflow_datasets as tfds
+
+  class LayeredVideo(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """One video's frames and layer inputs."""
+    VERSION = tfds.core.Version('1.0.0')
+
+    def __init__(self, video: video_folder.VideoFolder, band_width: int, use_mask_images: bool, **kwargs):
+      self._video = video
+      self._band_width = band_width
+      self._use_mask_images = use_mask_images
+      super().__init__(**kwargs)
+
+    def _info(self):
+      width, height = self._video.size_lr
+      num_layers = 1 + len(self._video.layer_ids)
+      tensor = lambda shape, dtype: tfds.features.Tensor(shape=shape, dtype=dtype,
+                                                         encoding=tfds.features.Encoding.ZLIB)
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description=f'Layered video {self._video.root}',
+          features=tfds.features.FeaturesDict({
+              'rgb': tensor((height, width, 3), np.uint8),
+              'rgb_hr': tensor((2 * height, 2 * width, 3), np.uint8),
+              'uv': tensor((num_layers, height, width, 2), np.float32),
+              'trimap': tensor((num_layers, height, width), np.float32),
+              'pids': tensor((num_layers, height, width), np.float32),
+              'frame_index': np.int64,
+          }),
+          metadata=tfds.core.MetadataDict(
+              video_dir=self._video.root, frame_names=self._video.frame_names,
+              layer_ids=self._video.layer_ids, size_lr=list(self._video.size_lr),
+              n_textures=self._video.n_textures,
+              composite_order=[list(o) for o in self._video.composite_order]))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {'train': self._generate_examples()}
+
+    def _generate_examples(self):
+      for index in range(self._video.num_frames):
+        yield index, video_folder.frame_example(self._video, index, self._band_width, self._use_mask_images)
+
+  return LayeredVideo
+
+
+def build(video_dir: str, data_dir: str, band_width: int = 20, use_homographies: bool = False,
+          use_mask_images: bool = False, overwrite: bool = False) -> str:
+  """Builds the dataset and returns its directory (to pass to `load_frames`)."""
+  video = video_folder.read_video_folder(video_dir, use_homographies)
+  data_dir = os.path.abspath(data_dir)
+  final = os.path.join(data_dir, DATASET_NAME)
+  if os.path.exists(final) and not overwrite:
+    raise FileExistsError(f'{final} exists; pass --overwrite to rebuild it')
+  os.makedirs(data_dir, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix='.build-', dir=data_dir)
+  try:
+    builder = _builder_class()(video, band_width, use_mask_images, data_dir=staging,
+                               file_format='array_record')
+    builder.download_and_prepare()
+    if os.path.exists(final):
+      shutil.rmtree(final)
+    os.rename(os.path.join(staging, DATASET_NAME), final)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return os.path.join(final, str(builder.version))
+
+
+def load_frames(dataset_dir: str) -> Dict[str, np.ndarray]:
+  """All frames of a built dataset as stacked arrays (by frame_index), without TensorFlow."""
+  import tensorflow_datasets as tfds
+  source = tfds.builder_from_directory(dataset_dir).as_data_source()['train']
+  examples = [source[i] for i in range(len(source))]
+  examples.sort(key=lambda e: int(e['frame_index']))
+  return {key: np.stack([np.asarray(e[key]) for e in examples]) for key in examples[0]}
+
+
+def dataset_metadata(dataset_dir: str) -> Dict:
+  """What the builder recorded: video_dir, frame_names, layer_ids, size_lr, n_textures, composite_order."""
+  import tensorflow_datasets as tfds
+  return dict(tfds.builder_from_directory(dataset_dir).info.metadata)
+
+
+_VIDEO_DIR = flags.DEFINE_string('video_dir', None, 'The video folder (rgb_256/, rgb_512/, iuv/, metadata.json).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Where to write the dataset.')
+_BAND = flags.DEFINE_integer('trimap_width', 20, 'Width in pixels of the ignored band around each person.')
+_HOMOGRAPHIES = flags.DEFINE_bool('use_homographies', False, 'Background UV from homographies.txt.')
+_MASKS = flags.DEFINE_bool('use_mask_images', False, 'Replace trimaps by mask/NN/ PNGs where present.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild an existing dataset.')
+
+
+def main(argv):
+  del argv
+  try:
+    path = build(_VIDEO_DIR.value, _DATA_DIR.value, _BAND.value, _HOMOGRAPHIES.value, _MASKS.value,
+                 _OVERWRITE.value)
+  except (video_folder.DataError, FileExistsError) as error:
+    raise app.UsageError(str(error)) from None
+  print(f'built {path}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['video_dir', 'data_dir'])
+  app.run(main)
