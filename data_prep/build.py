@@ -9,6 +9,7 @@ The build writes to a staging folder renamed at the end, so a bad frame
 found half-way leaves no dataset behind. Reading (`load_frames`) needs no TensorFlow.
 """
 
+import argparse
 import functools
 import os
 import shutil
@@ -16,7 +17,6 @@ import tempfile
 from typing import Dict
 
 import numpy as np
-from absl import app, flags
 
 from data_prep import video_folder
 
@@ -108,24 +108,22 @@ def dataset_metadata(dataset_dir: str) -> Dict:
   return dict(tfds.builder_from_directory(dataset_dir).info.metadata)
 
 
-_VIDEO_DIR = flags.DEFINE_string('video_dir', None, 'The video folder (rgb_256/, rgb_512/, iuv/, metadata.json).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Where to write the dataset.')
-_BAND = flags.DEFINE_integer('trimap_width', 20, 'Width in pixels of the ignored band around each person.')
-_HOMOGRAPHIES = flags.DEFINE_bool('use_homographies', False, 'Background UV from homographies.txt.')
-_MASKS = flags.DEFINE_bool('use_mask_images', False, 'Replace trimaps by mask/NN/ PNGs where present.')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild an existing dataset.')
-
-
-def main(argv):
-  del argv
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--video_dir', required=True, help='the video folder (rgb_256/, rgb_512/, iuv/, metadata.json)')
+  parser.add_argument('--data_dir', required=True, help='where to write the dataset')
+  parser.add_argument('--trimap_width', type=int, default=20, help='pixels of the ignored band around each person')
+  parser.add_argument('--use_homographies', action='store_true', help='background UV from homographies.txt')
+  parser.add_argument('--use_mask_images', action='store_true', help='mask/NN/ PNGs replace trimaps where present')
+  parser.add_argument('--overwrite', action='store_true', help='rebuild an existing dataset')
+  args = parser.parse_args(argv)
   try:
-    path = build(_VIDEO_DIR.value, _DATA_DIR.value, _BAND.value, _HOMOGRAPHIES.value, _MASKS.value,
-                 _OVERWRITE.value)
+    path = build(args.video_dir, args.data_dir, args.trimap_width, args.use_homographies, args.use_mask_images,
+                 args.overwrite)
   except (video_folder.DataError, FileExistsError) as error:
-    raise app.UsageError(str(error)) from None
+    parser.exit(2, f'error: {error}\n')
   print(f'built {path}')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['video_dir', 'data_dir'])
-  app.run(main)
+  main()

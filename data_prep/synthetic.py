@@ -27,6 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from data_prep.frames import parse_size
+
 # COCO-17 joints: nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles (left, right).
 # Capsules: (joint a, joint b, radius as a fraction of body height, DensePose part id, draw rank).
 _CAPSULES = [
@@ -308,17 +310,12 @@ def _write_folder(scene: Scene, root: str, retime_offsets, fps: float) -> None:
         f.write(' '.join(f'{v:.6f}' for v in [1, 0, -scene.camera_x(i), 0, 1, 0, 0, 0, 1]) + '\n')
 
 
-def _size(text: str) -> Tuple[int, int]:
-  width, height = text.lower().split('x')
-  return int(width), int(height)
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('out', help='folder to create')
   parser.add_argument('--people', type=int, default=2)
   parser.add_argument('--frames', type=int, default=48)
-  parser.add_argument('--size', type=_size, default=(224, 128), help='low-res WxH, multiples of 32')
+  parser.add_argument('--size', type=parse_size, default=(224, 128), help='low-res WxH, multiples of 32')
   parser.add_argument('--camera_pan', type=float, default=0., help='camera travel in low-res pixels')
   parser.add_argument('--retime_offsets', type=lambda s: [int(v) for v in s.split(',')], default=None,
                       help='per-person frame offsets for a ground-truth re-timed video, e.g. 0,8')

@@ -10,6 +10,7 @@ its state-dict key: containers `unet`/`upsampler` drop out, `name_N` is
 `name.N`, kernel/scale are `weight`, mean/var are `running_mean/var`.
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -20,7 +21,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 
 from layered_jax.models import Kp2UV, LayeredNeuralRenderer
 
@@ -210,20 +210,22 @@ def load(checkpoint_dir: str) -> Tuple[nn.Module, Variables]:
   return module, variables
 
 
-_KIND = flags.DEFINE_enum('kind', None, KINDS, 'lnr: latest_net_LNR.pth; kp2uv: the published kp2uv.pth.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'The PyTorch .pth state dict to convert.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Directory to write (model.json + Orbax variables/).')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
-
-
-def main(argv):
-  del argv
-  module, variables = load_torch(_CHECKPOINT.value, _KIND.value)
-  save(_OUTPUT.value, module, variables, overwrite=_OVERWRITE.value)
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--kind', required=True, choices=KINDS,
+                      help='lnr: latest_net_LNR.pth; kp2uv: the published kp2uv.pth')
+  parser.add_argument('--checkpoint', required=True, help='the PyTorch .pth state dict to convert')
+  parser.add_argument('--output', required=True, help='directory to write (model.json + Orbax variables/)')
+  parser.add_argument('--overwrite', action='store_true', help='replace --output if it exists')
+  args = parser.parse_args(argv)
+  try:
+    module, variables = load_torch(args.checkpoint, args.kind)
+    save(args.output, module, variables, overwrite=args.overwrite)
+  except (ValueError, FileNotFoundError, FileExistsError) as error:
+    parser.exit(2, f'error: {error}\n')
   count = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables['params']))
-  print(f'wrote {_OUTPUT.value}: {_KIND.value}, {count / 1e6:.2f} M parameters')
+  print(f'wrote {args.output}: {args.kind}, {count / 1e6:.2f} M parameters')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['kind', 'checkpoint', 'output'])
-  app.run(main)
+  main()

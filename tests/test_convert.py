@@ -84,6 +84,9 @@ def test_command_line_converts_kp2uv(tmp_path):
   assert 'kp2uv' in result.stdout
   module, _ = convert.load(out)
   assert module.num_filters == 8
+  again = subprocess.run([sys.executable, '-m', 'layered_jax.convert', '--kind=kp2uv', f'--checkpoint={path}',
+                          f'--output={out}'], cwd=REPO, capture_output=True, text=True)
+  assert again.returncode == 2 and 'pass --overwrite' in again.stderr  # a clear error, no traceback
 
 
 def _state(**changes):
