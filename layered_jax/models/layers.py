@@ -123,34 +123,28 @@ def _strided_conv(x: Array, w: Array) -> Array:
   return _conv(x, w, ((1, 1), (1, 1)), 1, 2)
 
 
-# The two 2x resamplings are adjoint: each one's input gradient is the other's (fast) forward
-# pass with in/out channels swapped; weight gradients go through the stride-1 path or XLA.
-@jax.custom_vjp
-def _conv_transpose_cpu(x: Array, w: Array) -> Array:
-  return _phase_conv_transpose(x, w)
+def _with_adjoint_input_gradient(forward: Callable, adjoint: Callable) -> Callable:
+  """forward(x, w) whose input gradient is adjoint(dy, w with in/out swapped).
+
+  The two 2x resamplings are adjoint: each one's input gradient is the other's
+  (fast) forward pass. The weight gradient goes through forward's own VJP.
+  """
+
+  @jax.custom_vjp
+  def resample(x, w):
+    return forward(x, w)
+
+  def backward(residuals, dy):
+    x, w = residuals
+    _, pullback = jax.vjp(lambda w: forward(x, w), w)
+    return adjoint(dy, w.swapaxes(2, 3)), pullback(dy)[0]
+
+  resample.defvjp(lambda x, w: (forward(x, w), (x, w)), backward)
+  return resample
 
 
-def _conv_transpose_cpu_bwd(residuals, dy):
-  x, w = residuals
-  _, pullback = jax.vjp(lambda w: _phase_conv_transpose(x, w), w)
-  return _strided_conv(dy, w.swapaxes(2, 3)), pullback(dy)[0]
-
-
-_conv_transpose_cpu.defvjp(lambda x, w: (_phase_conv_transpose(x, w), (x, w)), _conv_transpose_cpu_bwd)
-
-
-@jax.custom_vjp
-def _strided_conv_cpu(x: Array, w: Array) -> Array:
-  return _strided_conv(x, w)
-
-
-def _strided_conv_cpu_bwd(residuals, dy):
-  x, w = residuals
-  _, pullback = jax.vjp(lambda w: _strided_conv(x, w), w)
-  return _phase_conv_transpose(dy, w.swapaxes(2, 3)), pullback(dy)[0]
-
-
-_strided_conv_cpu.defvjp(lambda x, w: (_strided_conv(x, w), (x, w)), _strided_conv_cpu_bwd)
+_conv_transpose_cpu = _with_adjoint_input_gradient(_phase_conv_transpose, _strided_conv)
+_strided_conv_cpu = _with_adjoint_input_gradient(_strided_conv, _phase_conv_transpose)
 
 
 def conv_transpose2x(x: Array, w: Array) -> Array:
