@@ -21,6 +21,7 @@ import numpy as np
 from data_prep import video_folder
 
 DATASET_NAME = 'layered_video'
+DATASET_VERSION = '1.0.0'
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,7 +31,7 @@ def _builder_class():
 
   class LayeredVideo(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """One video's frames and layer inputs."""
-    VERSION = tfds.core.Version('1.0.0')
+    VERSION = tfds.core.Version(DATASET_VERSION)
 
     def __init__(self, video: video_folder.VideoFolder, band_width: int, use_mask_images: bool, **kwargs):
       self._video = video
@@ -90,7 +91,7 @@ def build(video_dir: str, data_dir: str, band_width: int = 20, use_homographies:
     os.rename(os.path.join(staging, DATASET_NAME), final)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
-  return os.path.join(final, str(builder.version))
+  return os.path.join(final, DATASET_VERSION)
 
 
 def load_frames(dataset_dir: str) -> Dict[str, np.ndarray]:

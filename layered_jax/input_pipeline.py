@@ -12,7 +12,8 @@ offset jitter_rgb * N(0, 1), clamped to [-1, 1]. The resize-and-crop is
 computed as a sampling of the original grid, so shapes stay static under jit.
 """
 
-from typing import Dict, Mapping
+import os
+from typing import Dict, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,26 @@ import numpy as np
 Frames = Mapping[str, np.ndarray]  # rgb, rgb_hr uint8; uv, trimap, pids float32; frame_index
 JITTER_PROBABILITY = 0.75
 MAX_SCALE = 1.25
+
+
+def prepare_dataset(config, workdir: str) -> str:
+  """The video's dataset directory, built on first use (after generating the video for synthetic configs)."""
+  from data_prep import build, synthetic
+  if config.get('synthetic') and not os.path.exists(config.dataroot):
+    print(f'generating the synthetic video {config.dataroot}', flush=True)
+    synthetic.generate(config.dataroot, **config.synthetic)
+  data_dir = config.data_dir or os.path.join(workdir, 'data')
+  dataset_dir = os.path.join(data_dir, build.DATASET_NAME, build.DATASET_VERSION)
+  if not os.path.isdir(dataset_dir):
+    print(f'building the dataset of {config.dataroot} in {data_dir}', flush=True)
+    build.build(config.dataroot, data_dir, config.trimap_width, config.use_homographies, config.use_mask_images)
+  return dataset_dir
+
+
+def load_dataset(dataset_dir: str) -> Tuple[Dict[str, np.ndarray], Dict]:
+  """(all frames as stacked arrays, the builder's metadata), without TensorFlow."""
+  from data_prep import build
+  return build.load_frames(dataset_dir), build.dataset_metadata(dataset_dir)
 
 
 def epoch_indices(num_frames: int, global_batch_size: int, seed: int, epoch: int) -> np.ndarray:
@@ -104,11 +125,14 @@ def augment_frame(rng: jax.Array, frame: Mapping[str, jax.Array], jitter_rgb: ja
 
 
 def make_batch_fn(scale_jitter: bool = True):
-  """(rng, frames_on_device, indices [B], jitter_rgb) -> augmented batch, to be jitted or pmapped."""
+  """(keys [B], frames_on_device, indices [B], jitter_rgb) -> augmented batch, to be jitted or pmapped.
 
-  def batch_fn(rng, frames, indices, jitter_rgb):
+  One key per example, drawn for the global batch, so the same global batch is
+  augmented identically however it is split over processes and devices.
+  """
+
+  def batch_fn(keys, frames, indices, jitter_rgb):
     selected = {k: jnp.take(frames[k], indices, axis=0) for k in ('rgb', 'uv', 'pids', 'trimap')}
-    keys = jax.random.split(rng, indices.shape[0])
     return jax.vmap(lambda key, frame: augment_frame(key, frame, jitter_rgb, scale_jitter))(keys, selected)
 
   return batch_fn

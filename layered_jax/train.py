@@ -1,45 +1,360 @@
-"""Training state and the low-resolution train step (spec section 4).
+"""Training: state, the two stages' steps under pmap, the reference's schedule, and the loop.
 
-Pure functions over explicit state: `train_step` can be jitted (single device)
-or pmapped with the module's `axis_name`, which then also averages gradients
-and BatchNorm statistics across devices.
+Pure functions over explicit state. `train_step` and `upsample_train_step`
+take the pmap axis name, across which gradients, loss terms and BatchNorm
+statistics are averaged, so a global batch gives the same result on any
+number of devices. TensorFlow Datasets and CLU are imported by the loop only:
+the state and steps import without them.
 """
 
-from typing import Any, Dict, Mapping, Tuple
+import dataclasses
+import os
+import time
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import optax
+from absl import logging
+from flax import jax_utils
 from flax.training import train_state
 
-from layered_jax import losses
+from layered_jax import input_pipeline, losses
+from layered_jax.models import LayeredNeuralRenderer
+from layered_jax.models.layers import upsample2x_bilinear
 
 Batch = Mapping[str, jax.Array]  # uv [B,L,H,W,2], pids [B,L,H,W], trimap [B,L,H,W], rgb [B,H,W,3]
+AXIS = 'batch'
+STAGES = ('layers', 'upsample')
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
-def create_train_state(rng: jax.Array, module: nn.Module, batch: Batch, learning_rate: float) -> TrainState:
-  """Initialises the variables from a batch's shapes; Adam as the reference (betas 0.9, 0.999)."""
-  variables = jax.jit(module.init)(rng, batch['uv'], batch['pids'])
+def make_module(config: ml_collections.ConfigDict, n_textures: int, axis_name: Optional[str] = None
+                ) -> LayeredNeuralRenderer:
+  return LayeredNeuralRenderer(n_textures=n_textures, num_filters=config.num_filters,
+                               texture_channels=config.texture_channels, texture_res=config.texture_res,
+                               crop_size=config.crop_size, axis_name=axis_name, dtype=jnp.dtype(config.dtype))
+
+
+def make_optimizer(learning_rate: float, stage: str = 'layers') -> optax.GradientTransformation:
+  """Adam as the reference (betas 0.9, 0.999, constant rate); the upsampling stage trains only the upsampler."""
+  adam = optax.adam(learning_rate, 0.9, 0.999)
+  if stage == 'layers':
+    return adam
+  labels = lambda params: {name: 'train' if name == 'upsampler' else 'frozen' for name in params}
+  return optax.multi_transform({'train': adam, 'frozen': optax.set_to_zero()}, labels)
+
+
+def create_train_state(rng: jax.Array, module: nn.Module, batch: Batch, learning_rate: float,
+                       stage: str = 'layers') -> TrainState:
+  """Initialises every variable (upsampler included) from a batch's shapes."""
+  uv_hr = upsample2x_bilinear(batch['uv'][:1])
+  variables = jax.jit(module.clone(axis_name=None).init)(rng, batch['uv'][:1], batch['pids'][:1], uv_hr)
   return TrainState.create(apply_fn=module.apply, params=variables['params'],
-                           batch_stats=variables['batch_stats'], tx=optax.adam(learning_rate, 0.9, 0.999))
+                           batch_stats=variables['batch_stats'], tx=make_optimizer(learning_rate, stage))
 
 
 def train_step(state: TrainState, batch: Batch, loss_weights: Mapping[str, jax.Array],
-               axis_name: str = None) -> Tuple[TrainState, Dict[str, jax.Array]]:
+               axis_name: Optional[str] = None) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One Adam step on the low-resolution losses; returns the new state and the loss terms."""
 
   def loss_fn(params):
     outputs, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
                                       batch['uv'], batch['pids'], train=True, mutable=['batch_stats'])
-    terms = losses.layered_losses(outputs, batch['rgb'], batch['trimap'], loss_weights)
+    terms = losses.layered_losses(outputs, batch['rgb'], batch['trimap'], loss_weights, axis_name)
     return terms['total'], (terms, updates['batch_stats'])
 
   grads, (terms, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
   if axis_name is not None:
     grads, terms = jax.lax.pmean((grads, terms), axis_name)
   return state.apply_gradients(grads=grads, batch_stats=batch_stats), terms
+
+
+def upsample_train_step(state: TrainState, batch: Batch, axis_name: Optional[str] = None
+                        ) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """Upsampling stage: L1 of the 2x reconstruction on a crop (batch['crop'] = (y, x))."""
+  uv_hr = upsample2x_bilinear(batch['uv'])
+
+  def loss_fn(params):
+    outputs, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
+                                      batch['uv'], batch['pids'], uv_hr, train=True,
+                                      crop=(batch['crop'][0], batch['crop'][1]), mutable=['batch_stats'])
+    recon = losses.reconstruction_loss(outputs['reconstruction'], batch['rgb'])
+    return recon, updates['batch_stats']
+
+  (recon, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  terms = {'total': recon, 'recon': recon}
+  if axis_name is not None:
+    grads, terms = jax.lax.pmean((grads, terms), axis_name)
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats), terms
+
+
+# --- The reference's schedule (spec section 4), in its 1-based epochs. ---
+
+def initial_schedule(config: ml_collections.ConfigDict) -> Dict[str, float]:
+  return {'lambda_alpha_l1': config.lambda_alpha_l1, 'lambda_alpha_l0': config.lambda_alpha_l0,
+          'lambda_mask': config.lambda_mask, 'jitter_rgb': config.jitter_rgb,
+          'mask_rolloff_epoch': float(config.mask_loss_rolloff_epoch)}
+
+
+def upsample_schedule() -> Dict[str, float]:
+  """The upsampling stage trains on the reconstruction alone, without jitter."""
+  return {'lambda_alpha_l1': 0., 'lambda_alpha_l0': 0., 'lambda_mask': 0., 'jitter_rgb': 0.,
+          'mask_rolloff_epoch': -1.}
+
+
+def update_schedule(schedule: Mapping[str, float], epoch: int, previous_mask_loss: Optional[float],
+                    config: ml_collections.ConfigDict, first_epoch: int = 1) -> Dict[str, float]:
+  """Loss weights at the start of `epoch`, given the last mask loss of the epoch before.
+
+  Alpha L1 stops at alpha_l1_rolloff_epoch; once the (weighted) mask loss falls
+  under mask_thresh * lambda_mask, the mask weight drops 10x and reaches 0 at
+  twice that epoch (or at 2 * mask_loss_rolloff_epoch when that is set);
+  brightness jitter stops at jitter_epochs.
+  """
+  schedule = dict(schedule)
+  if epoch == config.alpha_l1_rolloff_epoch:
+    schedule['lambda_alpha_l1'] = 0.
+  if schedule['mask_rolloff_epoch'] >= 0:
+    if epoch == 2 * schedule['mask_rolloff_epoch']:
+      schedule['lambda_mask'] = 0.
+  elif epoch > first_epoch and previous_mask_loss is not None:
+    if previous_mask_loss < config.mask_thresh * config.lambda_mask:
+      schedule['mask_rolloff_epoch'] = float(epoch)
+      schedule['lambda_mask'] *= 0.1
+  if epoch == config.jitter_epochs:
+    schedule['jitter_rgb'] = 0.
+  return schedule
+
+
+# --- The loop. ---
+
+@dataclasses.dataclass
+class Progress:
+  """What a checkpoint holds besides the train state."""
+  stage: str
+  epoch: int  # the last completed epoch (1-based, continuing across stages); 0 before training
+  schedule: Dict[str, float]
+  last_mask_loss: Optional[float]
+  n_textures: int
+  num_layers: int
+  size_lr: Tuple[int, int]
+
+
+def checkpoint_manager(workdir: str, keep: int):
+  import orbax.checkpoint as ocp
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options)
+
+
+def _save(manager, state: TrainState, progress: Progress) -> None:
+  import orbax.checkpoint as ocp
+  manager.save(progress.epoch, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(jax.device_get(jax_utils.unreplicate(state))),
+      progress=ocp.args.JsonSave(dataclasses.asdict(progress))))
+  manager.wait_until_finished()
+
+
+def restore_progress(manager) -> Optional[Progress]:
+  import orbax.checkpoint as ocp
+  step = manager.latest_step()
+  if step is None:
+    return None
+  meta = manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))['progress']
+  meta['size_lr'] = tuple(meta['size_lr'])
+  return Progress(**meta)
+
+
+def restore_state(manager, template: TrainState) -> TrainState:
+  import orbax.checkpoint as ocp
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))['state']
+  return restored
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Fails before any compute on settings that cannot work, saying what to change."""
+  if not config.dataroot:
+    raise ValueError('config.dataroot is empty: pass --config.dataroot=/path/to/video_folder')
+  if not os.path.isdir(config.dataroot) and not config.get('synthetic'):
+    raise ValueError(f'config.dataroot {config.dataroot} does not exist; point it at a video folder '
+                     '(see data_prep) or use configs/demo.py for a synthetic one')
+  devices = jax.device_count()
+  for name in ('batch_size', 'batch_size_upsample'):
+    if config[name] % devices:
+      raise ValueError(f'config.{name}={config[name]} does not split over {devices} devices; '
+                       f'use a multiple of {devices}')
+  if config.dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"config.dtype={config.dtype!r}: use 'float32' or 'bfloat16'")
+
+
+def _check_compatible(progress: Progress, n_textures: int, num_layers: int, size_lr, workdir: str) -> None:
+  have = (progress.n_textures, progress.num_layers, tuple(progress.size_lr))
+  want = (n_textures, num_layers, tuple(size_lr))
+  if have != want:
+    raise ValueError(
+        f'{workdir} holds a checkpoint for n_textures={have[0]}, {have[1]} layers, size {have[2][0]}x{have[2][1]}; '
+        f'the dataset has n_textures={want[0]}, {want[1]} layers, size {want[2][0]}x{want[2][1]}. '
+        'Use a new --workdir for this video.')
+
+
+def _visuals(module: LayeredNeuralRenderer, state: TrainState, frames: Mapping[str, np.ndarray]
+             ) -> Dict[str, np.ndarray]:
+  """Target, reconstruction, and each layer's RGBA (over a checkerboard) and alpha, in [0, 1]."""
+  variables = jax.device_get({'params': jax_utils.unreplicate(state.params),
+                              'batch_stats': jax_utils.unreplicate(state.batch_stats)})
+  out = jax.jit(module.clone(axis_name=None).apply)(variables, frames['uv'], frames['pids'])
+  layers = np.asarray(out['layers']) * 0.5 + 0.5
+  h, w = layers.shape[2:4]
+  checker = ((np.indices((h, w)).sum(0) // 8) % 2 * 0.3 + 0.5)[..., None]
+  visuals = {'target': frames['rgb'] / 255., 'reconstruction': np.asarray(out['reconstruction'])[..., :3] * 0.5 + 0.5}
+  for i in range(layers.shape[1]):
+    alpha = 1. if i == 0 else layers[:, i, ..., 3:]
+    visuals[f'layer_{i:02d}_rgba'] = layers[:, i, ..., :3] * alpha + checker * (1 - alpha)
+    visuals[f'layer_{i:02d}_alpha'] = np.repeat(layers[:, i, ..., 3:], 3, -1)
+  return {k: np.clip(v, 0, 1) for k, v in visuals.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains both stages, resuming from workdir, writing metrics and checkpoints there.
+
+  Returns the final state (on the host, unreplicated).
+  """
+  from clu import metric_writers
+  check_config(config)
+  dataset_dir = input_pipeline.prepare_dataset(config, workdir)
+  frames, meta = input_pipeline.load_dataset(dataset_dir)
+  num_frames, num_layers = frames['uv'].shape[:2]
+  size_lr = tuple(meta['size_lr'])
+  n_textures = int(meta['n_textures'])
+  module = make_module(config, n_textures, axis_name=AXIS)
+  sample = {k: jnp.asarray(frames[k][:1]) for k in ('uv', 'pids')}
+  rng = jax.random.PRNGKey(config.seed)
+
+  manager = checkpoint_manager(workdir, config.keep_checkpoints)
+  progress = restore_progress(manager)
+  state, state_stage = None, None
+  if progress is not None:
+    _check_compatible(progress, n_textures, num_layers, size_lr, workdir)
+    logging.info('resuming from epoch %d (%s stage)', progress.epoch, progress.stage)
+    state_stage = progress.stage
+    state = restore_state(manager, create_train_state(rng, module, sample, config.lr, state_stage))
+  else:
+    progress = Progress('layers', 0, initial_schedule(config), None, n_textures, num_layers, size_lr)
+    if config.init_checkpoint:
+      state_stage = 'layers'
+      state = from_converted(create_train_state(rng, module, sample, config.lr), config.init_checkpoint,
+                              n_textures)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  frames_on_devices = jax_utils.replicate({k: frames[k] for k in ('rgb', 'rgb_hr', 'uv', 'pids', 'trimap')})
+  visual_frames = {k: frames[k][:min(4, num_frames)] for k in ('uv', 'pids', 'rgb')}
+  upsample_epochs = config.n_epochs_upsample if config.do_upsampling else 0
+  stage_epochs = {'layers': (1, config.n_epochs),
+                  'upsample': (config.n_epochs + 1, config.n_epochs + upsample_epochs)}
+  for stage in STAGES[STAGES.index(progress.stage):]:
+    first, last = stage_epochs[stage]
+    if first > last:
+      continue
+    if progress.stage != stage:  # entering the upsampling stage: its own weights and optimizer
+      progress = dataclasses.replace(progress, stage=stage, schedule=upsample_schedule(), last_mask_loss=None)
+    fresh = create_train_state(rng, module, sample, config.lr, stage)
+    if state is None:
+      state = fresh
+    elif state_stage != stage:
+      state = fresh.replace(params=state.params, batch_stats=state.batch_stats, step=state.step)
+    replicated, progress = _train_stage(config, workdir, module, stage, first, last, jax_utils.replicate(state),
+                                        progress, frames_on_devices, num_frames, manager, writer, visual_frames)
+    state, state_stage = jax.device_get(jax_utils.unreplicate(replicated)), stage
+  writer.flush()
+  return state
+
+
+def from_converted(state: TrainState, path: str, n_textures: int) -> TrainState:
+  """Starts from a converted reference checkpoint (layered_jax.convert --kind=lnr)."""
+  from layered_jax import convert
+  module, variables = convert.load(path)
+  if module.n_textures != n_textures:
+    raise ValueError(f'{path} was trained with n_textures={module.n_textures}, this video has {n_textures}')
+  return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+
+
+def _train_stage(config, workdir, module, stage, first, last, state, progress, frames_on_devices, num_frames,
+                 manager, writer, visual_frames):
+  """Epochs first..last of one stage; checkpoints at epoch ends, so a resume replays no step."""
+  from clu import periodic_actions
+  process_count, process_index = jax.process_count(), jax.process_index()
+  devices = jax.local_device_count()
+  batch_size = config.batch_size if stage == 'layers' else config.batch_size_upsample
+  steps_per_epoch = -(-num_frames // batch_size)
+  if stage == 'layers':
+    p_step = jax.pmap(lambda s, b, w: train_step(s, b, w, AXIS), axis_name=AXIS, in_axes=(0, 0, None),
+                      donate_argnums=(0,))
+    p_batch = jax.pmap(input_pipeline.make_batch_fn(scale_jitter=True), in_axes=(0, 0, 0, None))
+  else:
+    p_step = jax.pmap(lambda s, b, w: upsample_train_step(s, b, AXIS), axis_name=AXIS, in_axes=(0, 0, None),
+                      donate_argnums=(0,))
+    p_batch = jax.pmap(lambda rng, f, idx, jitter: input_pipeline.upsampling_batch_fn(rng, f, idx, config.crop_size),
+                       in_axes=(None, 0, 0, None))
+  total_steps = (last - first + 1) * steps_per_epoch
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                           every_secs=config.report_every_secs)
+  hooks = [report]
+  if config.profile and process_index == 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+  last_log = (time.time(), 0)
+  step_in_stage = (progress.epoch + 1 - first) * steps_per_epoch if progress.epoch >= first else 0
+  for epoch in range(max(first, progress.epoch + 1), last + 1):
+    schedule = update_schedule(progress.schedule, epoch, progress.last_mask_loss, config, first)
+    weights = {k: jnp.float32(schedule[k]) for k in ('lambda_alpha_l1', 'lambda_alpha_l0', 'lambda_mask')}
+    indices = input_pipeline.epoch_indices(num_frames, batch_size, config.seed, epoch)
+    local = input_pipeline.host_indices(indices, process_index, process_count)
+    for i, step_indices in enumerate(local):
+      step_rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch), i)
+      device_indices = step_indices.reshape(devices, -1)
+      if stage == 'layers':
+        keys = jax.random.split(step_rng, batch_size)[process_index * len(step_indices):][:len(step_indices)]
+        batch = p_batch(keys.reshape(devices, -1, *keys.shape[1:]), frames_on_devices, device_indices,
+                        jnp.float32(schedule['jitter_rgb']))
+      else:
+        batch = p_batch(step_rng, frames_on_devices, device_indices, 0.)
+      state, terms = p_step(state, batch, weights)
+      step_in_stage += 1
+      for hook in hooks:
+        hook(step_in_stage)
+      if step_in_stage % config.log_every_steps == 0 or step_in_stage == total_steps:
+        now = time.time()
+        rate = (step_in_stage - last_log[1]) / max(now - last_log[0], 1e-9)
+        last_log = (now, step_in_stage)
+        scalars = {f'loss/{k}': float(v[0]) for k, v in terms.items()}
+        scalars.update({f'weights/{k}': v for k, v in schedule.items()})
+        scalars.update({'learning_rate': config.lr, 'steps_per_sec': rate, 'frames_per_sec': rate * batch_size,
+                        'epoch': epoch})
+        _stop_if_not_finite(scalars, epoch, manager, workdir)
+        writer.write_scalars(int(jax_utils.unreplicate(state.step)), scalars)
+    last_terms = jax.device_get(jax_utils.unreplicate(terms))
+    _stop_if_not_finite({f'loss/{k}': float(v) for k, v in last_terms.items()}, epoch, manager, workdir)
+    progress = dataclasses.replace(progress, epoch=epoch, schedule=schedule,
+                                   last_mask_loss=float(last_terms['mask']) if 'mask' in last_terms else None)
+    if epoch % config.image_every_epochs == 0 and process_index == 0:
+      writer.write_images(int(jax_utils.unreplicate(state.step)), _visuals(module, state, visual_frames))
+    if epoch % config.checkpoint_every_epochs == 0 or epoch == last:
+      _save(manager, state, progress)
+  return state, progress
+
+
+def _stop_if_not_finite(scalars: Mapping[str, float], epoch: int, manager, workdir: str) -> None:
+  bad = sorted(k for k, v in scalars.items() if not np.isfinite(v))
+  if bad:
+    kept = manager.latest_step()
+    kept = f'the last good checkpoint (epoch {kept}) is kept in {workdir}/checkpoints' if kept is not None \
+        else 'no checkpoint had been written yet'
+    raise FloatingPointError(f'{", ".join(bad)} became {scalars[bad[0]]} in epoch {epoch}; training stopped and '
+                             f'{kept}. Lower --config.lr or check the data, then run again to resume.')

@@ -66,21 +66,22 @@ def test_host_slices_partition_the_global_batch():
 def test_batches_are_deterministic_jittered_and_in_range(frames):
   batch_fn = jax.jit(input_pipeline.make_batch_fn(scale_jitter=True))
   indices = jnp.array([0, 3, 3, 1])
-  a = batch_fn(jax.random.PRNGKey(7), frames, indices, 0.2)
-  b = batch_fn(jax.random.PRNGKey(7), frames, indices, 0.2)
+  keys = jax.random.split(jax.random.PRNGKey(7), 4)
+  a = batch_fn(keys, frames, indices, 0.2)
+  b = batch_fn(keys, frames, indices, 0.2)
   jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
   assert a['rgb'].shape == (4, H, W, 3) and a['uv'].shape == (4, L, H, W, 2)
   assert float(jnp.abs(a['rgb']).max()) <= 1
   # Same frame twice, different random draws: the augmentations differ.
   assert not np.allclose(a['rgb'][1], a['rgb'][2])
-  plain = jax.jit(input_pipeline.make_batch_fn(scale_jitter=False))(jax.random.PRNGKey(7), frames, indices, 0.)
+  plain = jax.jit(input_pipeline.make_batch_fn(scale_jitter=False))(keys, frames, indices, 0.)
   np.testing.assert_allclose(plain['rgb'][0], frames['rgb'][0] / 127.5 - 1, atol=1e-6)
   np.testing.assert_array_equal(plain['uv'][1], frames['uv'][3])
 
 
 def test_brightness_jitter_is_one_offset_per_frame(frames):
   batch_fn = jax.jit(input_pipeline.make_batch_fn(scale_jitter=False))
-  out = batch_fn(jax.random.PRNGKey(0), frames, jnp.array([2]), 0.2)
+  out = batch_fn(jax.random.split(jax.random.PRNGKey(0), 1), frames, jnp.array([2]), 0.2)
   offset = np.asarray(out['rgb'][0]) - (frames['rgb'][2] / 127.5 - 1)
   unclipped = np.abs(np.asarray(out['rgb'][0])) < 1
   assert np.ptp(offset[unclipped]) < 1e-5 and abs(offset[unclipped][0]) > 0

@@ -1,0 +1,160 @@
+"""Export the layers of a trained model (spec section 5).
+
+  python -m layered_jax.main --config=configs/reflection.py --workdir=work/reflection --config.mode=export
+
+Writes, atomically, EXPORT/ (default WORKDIR/export):
+  layers/NN/FFFF.png      RGBA per layer; 00 is the background (alpha 1), NN is the iuv layer
+                          number, the same in every frame whatever the composite order
+  reconstruction/FFFF.png the model's composite
+  layers.json             fps, size, layer ids and names, per-frame composite order, frame names
+  original.mp4, reconstruction.mp4, layer_NN.mp4 (over a checkerboard), index.html
+Frames are rendered one at a time with BatchNorm on that frame's statistics, as
+the reference's test step does; detail transfer adds the part of the target
+the model missed to the layers, top down, weighted by what shows through.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Dict, List, Tuple
+
+import cv2
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from layered_jax import input_pipeline, train
+from layered_jax.models.layers import upsample2x_bilinear
+
+
+def transfer_detail(layers: jax.Array, target: jax.Array, reconstruction: jax.Array) -> jax.Array:
+  """layers [B,L,H,W,4], target [B,H,W,3], reconstruction [B,H,W,4], all in [-1, 1].
+
+  rgb_i += (prod over layers j above i of (1 - a_j)) * (target - reconstruction), for i >= 1;
+  the background keeps its colour. Clamped to [-1, 1].
+  """
+  residual = (target - reconstruction[..., :3])[:, None]
+  alpha = layers[..., 3:] * 0.5 + 0.5
+  above = jnp.cumprod(jnp.flip(1 - alpha, axis=1), axis=1)
+  shows = jnp.flip(jnp.concatenate([jnp.ones_like(above[:, :1]), above[:, :-1]], axis=1), axis=1)
+  is_person = (jnp.arange(layers.shape[1]) > 0)[None, :, None, None, None]
+  rgb = layers[..., :3] + jnp.where(is_person, shows, 0.) * residual
+  return jnp.clip(jnp.concatenate([rgb, layers[..., 3:]], -1), -1, 1)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+  """[-1, 1] -> uint8 as the reference saves images: (x + 1) / 2 * 255, truncated."""
+  return ((np.clip(x, -1, 1) + 1) / 2 * 255).astype(np.uint8)
+
+
+def _write_png(path: str, rgb_or_rgba: np.ndarray) -> None:
+  code = cv2.COLOR_RGBA2BGRA if rgb_or_rgba.shape[-1] == 4 else cv2.COLOR_RGB2BGR
+  cv2.imwrite(path, cv2.cvtColor(rgb_or_rgba, code))
+
+
+def _write_video(path: str, frames: List[np.ndarray], fps: float) -> None:
+  height, width = frames[0].shape[:2]
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (width, height))
+  for frame in frames:
+    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  writer.release()
+
+
+def over_checkerboard(rgba: np.ndarray, cell: int = 16) -> np.ndarray:
+  height, width = rgba.shape[:2]
+  board = ((np.indices((height, width)).sum(0) // cell) % 2 * 60 + 150)[..., None].astype(np.float32)
+  alpha = rgba[..., 3:] / 255.
+  return (rgba[..., :3] * alpha + board * (1 - alpha)).astype(np.uint8)
+
+
+def load_variables(config: ml_collections.ConfigDict, workdir: str, n_textures: int, sample
+                   ) -> Tuple[Dict, bool]:
+  """(variables, whether the upsampler was trained) from the workdir's latest checkpoint."""
+  module = train.make_module(config, n_textures)
+  manager = train.checkpoint_manager(workdir, config.keep_checkpoints)
+  progress = train.restore_progress(manager)
+  if progress is None:
+    if config.init_checkpoint:  # a converted reference checkpoint, exported as is
+      template = train.create_train_state(jax.random.PRNGKey(0), module, sample, config.lr)
+      state = train.from_converted(template, config.init_checkpoint, n_textures)
+      return {'params': state.params, 'batch_stats': state.batch_stats}, True
+    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train first (--config.mode=train) '
+                            'or set --config.init_checkpoint to a converted reference checkpoint')
+  if progress.n_textures != n_textures:
+    raise ValueError(f'the checkpoint in {workdir} has n_textures={progress.n_textures}, '
+                     f'the dataset {n_textures}; export with the config it was trained with')
+  state = train.restore_state(manager, train.create_train_state(
+      jax.random.PRNGKey(0), module, sample, config.lr, progress.stage))
+  return {'params': state.params, 'batch_stats': state.batch_stats}, progress.stage == 'upsample'
+
+
+def export(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Renders every frame and writes the export folder; returns its path."""
+  dataset_dir = input_pipeline.prepare_dataset(config, workdir)
+  frames, meta = input_pipeline.load_dataset(dataset_dir)
+  n_textures = int(meta['n_textures'])
+  sample = {k: jnp.asarray(frames[k][:1]) for k in ('uv', 'pids')}
+  variables, upsampler_trained = load_variables(config, workdir, n_textures, sample)
+  high_res = config.export_high_res and upsampler_trained
+  module = train.make_module(config, n_textures)
+
+  @jax.jit
+  def render(uv, pids, target):
+    uv_hr = upsample2x_bilinear(uv) if high_res else None
+    out = module.apply(variables, uv, pids, uv_hr)
+    layers = transfer_detail(out['layers'], target, out['reconstruction'])
+    return layers.at[:, 0, ..., 3].set(1.), out['reconstruction']
+
+  out_dir = os.path.abspath(config.export_dir or os.path.join(workdir, 'export'))
+  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  staging = tempfile.mkdtemp(prefix='.export-', dir=os.path.dirname(out_dir))
+  try:
+    _write_export(staging, frames, meta, render, high_res, config.fps)
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.rename(staging, out_dir)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  return out_dir
+
+
+def _write_export(out_dir, frames, meta, render, high_res: bool, fps: float) -> None:
+  names = meta['frame_names']
+  order = meta['composite_order']
+  layer_ids = [0] + sorted(meta['layer_ids'])
+  for k in layer_ids:
+    os.makedirs(os.path.join(out_dir, 'layers', f'{k:02d}'))
+  os.makedirs(os.path.join(out_dir, 'reconstruction'))
+  videos = {'original': [], 'reconstruction': [], **{f'layer_{k:02d}': [] for k in layer_ids}}
+  key = 'rgb_hr' if high_res else 'rgb'
+  for i, name in enumerate(names):
+    target = frames[key][i:i + 1].astype(np.float32) / 127.5 - 1
+    layers, reconstruction = render(frames['uv'][i:i + 1], frames['pids'][i:i + 1], target)
+    layers, reconstruction = to_uint8(np.asarray(layers[0])), to_uint8(np.asarray(reconstruction[0, ..., :3]))
+    ids = [0] + list(order[i])  # position in the network's stack -> iuv layer id
+    for position, k in enumerate(ids):
+      _write_png(os.path.join(out_dir, 'layers', f'{k:02d}', name), layers[position])
+      videos[f'layer_{k:02d}'].append(over_checkerboard(layers[position]))
+    _write_png(os.path.join(out_dir, 'reconstruction', name), reconstruction)
+    videos['original'].append(frames[key][i])
+    videos['reconstruction'].append(reconstruction)
+    if (i + 1) % 50 == 0 or i + 1 == len(names):
+      print(f'export: {i + 1}/{len(names)} frames', flush=True)
+  height, width = videos['original'][0].shape[:2]
+  with open(os.path.join(out_dir, 'layers.json'), 'w') as f:
+    json.dump({'fps': fps, 'size': [width, height], 'high_res': bool(high_res), 'layer_ids': layer_ids,
+               'layer_names': ['background'] + [f'layer {k:02d}' for k in layer_ids[1:]],
+               'composite_order': [list(o) for o in order], 'frames': list(names),
+               'source': meta['video_dir']}, f, indent=1)
+  for video, images in videos.items():
+    _write_video(os.path.join(out_dir, f'{video}.mp4'), images, fps)
+  cells = ''.join(f'<figure><video src="{v}.mp4" autoplay loop muted controls width="{width}"></video>'
+                  f'<figcaption>{v}</figcaption></figure>' for v in videos)
+  with open(os.path.join(out_dir, 'index.html'), 'w') as f:
+    f.write('<!doctype html><meta charset="utf-8"><title>layered_jax export</title>'
+            '<style>body{font-family:sans-serif}figure{display:inline-block;margin:6px}</style>'
+            f'<h1>Layers of {os.path.basename(meta["video_dir"])}</h1>'
+            f'<p>{len(names)} frames, {width}x{height}; layers/NN/ hold the RGBA PNGs.</p>{cells}')

@@ -1,0 +1,37 @@
+"""Train a layered neural renderer on one video and export its layers.
+
+  python -m layered_jax.main --config=configs/reflection.py --workdir=work/reflection
+  python -m layered_jax.main --config=configs/demo.py --workdir=work/demo
+  python -m layered_jax.main --config=configs/reflection.py --workdir=work/reflection --config.mode=export
+
+Every config field can be overridden, e.g. --config.batch_size=16. Runs resume
+from the workdir's latest checkpoint.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from layered_jax import export, train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard metrics, the dataset and the export go here.')
+config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = FLAGS.config
+  if config.mode not in ('train', 'export', 'train_and_export'):
+    raise app.UsageError(f"--config.mode={config.mode}: use 'train', 'export' or 'train_and_export'")
+  if config.mode in ('train', 'train_and_export'):
+    train.train_and_evaluate(config, FLAGS.workdir)
+  if config.mode in ('export', 'train_and_export'):
+    out = export.export(config, FLAGS.workdir)
+    logging.info('layers written to %s', out)
+    print(f'layers written to {out} (open {out}/index.html)')
+
+
+if __name__ == '__main__':
+  app.run(main)
