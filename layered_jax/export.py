@@ -77,16 +77,14 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str, n_textures: 
   progress = train.restore_progress(manager)
   if progress is None:
     if config.init_checkpoint:  # a converted reference checkpoint, exported as is
-      template = train.create_train_state(jax.random.PRNGKey(0), module, sample, config.lr)
-      state = train.from_converted(template, config.init_checkpoint, n_textures)
-      return {'params': state.params, 'batch_stats': state.batch_stats}, True
+      return train.converted_variables(config.init_checkpoint, n_textures), True
     raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train first (--config.mode=train) '
                             'or set --config.init_checkpoint to a converted reference checkpoint')
   if progress.n_textures != n_textures:
     raise ValueError(f'the checkpoint in {workdir} has n_textures={progress.n_textures}, '
                      f'the dataset {n_textures}; export with the config it was trained with')
   state = train.restore_state(manager, train.create_train_state(
-      jax.random.PRNGKey(0), module, sample, config.lr, progress.stage))
+      jax.random.PRNGKey(0), module, sample, config.lr, progress.stage, abstract=True))
   return {'params': state.params, 'batch_stats': state.batch_stats}, progress.stage == 'upsample'
 
 

@@ -8,6 +8,9 @@ Every config field can be overridden, e.g. --config.batch_size=16. Runs resume
 from the workdir's latest checkpoint.
 """
 
+import os
+
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -23,6 +26,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = FLAGS.config
+  # Resumed runs and exports reuse the compiled programs of earlier runs in this workdir.
+  jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(FLAGS.workdir), 'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.)
   if config.mode not in ('train', 'export', 'train_and_export'):
     raise app.UsageError(f"--config.mode={config.mode}: use 'train', 'export' or 'train_and_export'")
   if config.mode in ('train', 'train_and_export'):

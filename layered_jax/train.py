@@ -19,7 +19,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax import jax_utils
 from flax.training import train_state
 
 from layered_jax import input_pipeline, losses
@@ -51,13 +50,45 @@ def make_optimizer(learning_rate: float, stage: str = 'layers') -> optax.Gradien
   return optax.multi_transform({'train': adam, 'frozen': optax.set_to_zero()}, labels)
 
 
+def init_variables(rng: jax.Array, module: nn.Module, batch: Batch, abstract: bool = False) -> Dict:
+  """Every variable, the upsampler's included, from a batch's shapes (abstract: shapes only)."""
+
+  def init(rng, uv, pids):
+    return module.clone(axis_name=None).init(rng, uv, pids, upsample2x_bilinear(uv))
+
+  args = (rng, batch['uv'][:1], batch['pids'][:1])
+  return jax.eval_shape(init, *args) if abstract else jax.jit(init)(*args)
+
+
+def make_train_state(module: nn.Module, variables: Mapping, learning_rate: float, stage: str = 'layers',
+                     step: int = 0) -> TrainState:
+  """A train state for a stage around existing variables, with a fresh optimizer state."""
+  tx = make_optimizer(learning_rate, stage)
+  return TrainState(step=step, apply_fn=module.apply, params=variables['params'],
+                    batch_stats=variables['batch_stats'], tx=tx, opt_state=jax.jit(tx.init)(variables['params']))
+
+
 def create_train_state(rng: jax.Array, module: nn.Module, batch: Batch, learning_rate: float,
-                       stage: str = 'layers') -> TrainState:
-  """Initialises every variable (upsampler included) from a batch's shapes."""
-  uv_hr = upsample2x_bilinear(batch['uv'][:1])
-  variables = jax.jit(module.clone(axis_name=None).init)(rng, batch['uv'][:1], batch['pids'][:1], uv_hr)
-  return TrainState.create(apply_fn=module.apply, params=variables['params'],
-                           batch_stats=variables['batch_stats'], tx=make_optimizer(learning_rate, stage))
+                       stage: str = 'layers', abstract: bool = False) -> TrainState:
+  """A new train state; abstract=True gives its shapes only (a restore target), computing nothing."""
+  if abstract:
+    return jax.eval_shape(lambda: make_train_state(module, init_variables(rng, module, batch, True),
+                                                   learning_rate, stage))
+  return make_train_state(module, init_variables(rng, module, batch), learning_rate, stage)
+
+
+def replicate(tree: Any) -> Any:
+  """One copy per local device, laid out for pmap, broadcast on the host (no per-leaf device op)."""
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('devices',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('devices'))
+  count = jax.local_device_count()
+  return jax.tree_util.tree_map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (count,) + np.shape(x)), sharding), tree)
+
+
+def first_replica(tree: Any) -> Any:
+  """Replica 0 of a pmapped tree, as NumPy on the host (no per-leaf device op)."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x)[0], tree)
 
 
 def train_step(state: TrainState, batch: Batch, loss_weights: Mapping[str, jax.Array],
@@ -156,7 +187,7 @@ def checkpoint_manager(workdir: str, keep: int):
 def _save(manager, state: TrainState, progress: Progress) -> None:
   import orbax.checkpoint as ocp
   manager.save(progress.epoch, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(jax.device_get(jax_utils.unreplicate(state))),
+      state=ocp.args.StandardSave(first_replica(state)),
       progress=ocp.args.JsonSave(dataclasses.asdict(progress))))
   manager.wait_until_finished()
 
@@ -171,12 +202,11 @@ def restore_progress(manager) -> Optional[Progress]:
   return Progress(**meta)
 
 
-def restore_state(manager, template: TrainState) -> TrainState:
+def restore_state(manager, abstract: TrainState) -> TrainState:
+  """The latest checkpoint's train state; abstract from create_train_state(..., abstract=True)."""
   import orbax.checkpoint as ocp
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+  return manager.restore(manager.latest_step(), args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))['state']
-  return restored
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -191,6 +221,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config[name] % devices:
       raise ValueError(f'config.{name}={config[name]} does not split over {devices} devices; '
                        f'use a multiple of {devices}')
+  if not np.isfinite(config.lr) or config.lr <= 0:
+    raise ValueError(f'config.lr={config.lr} must be a positive number (the reference uses 1e-3)')
   if config.dtype not in ('float32', 'bfloat16'):
     raise ValueError(f"config.dtype={config.dtype!r}: use 'float32' or 'bfloat16'")
 
@@ -208,8 +240,7 @@ def _check_compatible(progress: Progress, n_textures: int, num_layers: int, size
 def _visuals(module: LayeredNeuralRenderer, state: TrainState, frames: Mapping[str, np.ndarray]
              ) -> Dict[str, np.ndarray]:
   """Target, reconstruction, and each layer's RGBA (over a checkerboard) and alpha, in [0, 1]."""
-  variables = jax.device_get({'params': jax_utils.unreplicate(state.params),
-                              'batch_stats': jax_utils.unreplicate(state.batch_stats)})
+  variables = first_replica({'params': state.params, 'batch_stats': state.batch_stats})
   out = jax.jit(module.clone(axis_name=None).apply)(variables, frames['uv'], frames['pids'])
   layers = np.asarray(out['layers']) * 0.5 + 0.5
   h, w = layers.shape[2:4]
@@ -240,21 +271,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   manager = checkpoint_manager(workdir, config.keep_checkpoints)
   progress = restore_progress(manager)
-  state, state_stage = None, None
   if progress is not None:
     _check_compatible(progress, n_textures, num_layers, size_lr, workdir)
     logging.info('resuming from epoch %d (%s stage)', progress.epoch, progress.stage)
     state_stage = progress.stage
-    state = restore_state(manager, create_train_state(rng, module, sample, config.lr, state_stage))
+    state = restore_state(manager, create_train_state(rng, module, sample, config.lr, state_stage, abstract=True))
   else:
     progress = Progress('layers', 0, initial_schedule(config), None, n_textures, num_layers, size_lr)
     if config.init_checkpoint:
-      state_stage = 'layers'
-      state = from_converted(create_train_state(rng, module, sample, config.lr), config.init_checkpoint,
-                              n_textures)
+      variables = converted_variables(config.init_checkpoint, n_textures)
+    else:
+      variables = init_variables(rng, module, sample)
+    state, state_stage = make_train_state(module, variables, config.lr), 'layers'
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  frames_on_devices = jax_utils.replicate({k: frames[k] for k in ('rgb', 'rgb_hr', 'uv', 'pids', 'trimap')})
+  frames_on_devices = replicate({k: frames[k] for k in ('rgb', 'rgb_hr', 'uv', 'pids', 'trimap')})
   visual_frames = {k: frames[k][:min(4, num_frames)] for k in ('uv', 'pids', 'rgb')}
   upsample_epochs = config.n_epochs_upsample if config.do_upsampling else 0
   stage_epochs = {'layers': (1, config.n_epochs),
@@ -265,25 +296,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       continue
     if progress.stage != stage:  # entering the upsampling stage: its own weights and optimizer
       progress = dataclasses.replace(progress, stage=stage, schedule=upsample_schedule(), last_mask_loss=None)
-    fresh = create_train_state(rng, module, sample, config.lr, stage)
-    if state is None:
-      state = fresh
-    elif state_stage != stage:
-      state = fresh.replace(params=state.params, batch_stats=state.batch_stats, step=state.step)
-    replicated, progress = _train_stage(config, workdir, module, stage, first, last, jax_utils.replicate(state),
+    if state_stage != stage:
+      state = make_train_state(module, {'params': state.params, 'batch_stats': state.batch_stats}, config.lr,
+                               stage, state.step)
+    replicated, progress = _train_stage(config, workdir, module, stage, first, last, replicate(state),
                                         progress, frames_on_devices, num_frames, manager, writer, visual_frames)
-    state, state_stage = jax.device_get(jax_utils.unreplicate(replicated)), stage
+    state, state_stage = first_replica(replicated), stage
   writer.flush()
   return state
 
 
-def from_converted(state: TrainState, path: str, n_textures: int) -> TrainState:
-  """Starts from a converted reference checkpoint (layered_jax.convert --kind=lnr)."""
+def converted_variables(path: str, n_textures: int) -> Dict:
+  """Variables of a converted reference checkpoint (layered_jax.convert --kind=lnr), checked against the video."""
   from layered_jax import convert
   module, variables = convert.load(path)
   if module.n_textures != n_textures:
     raise ValueError(f'{path} was trained with n_textures={module.n_textures}, this video has {n_textures}')
-  return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+  return variables
 
 
 def _train_stage(config, workdir, module, stage, first, last, state, progress, frames_on_devices, num_frames,
@@ -333,25 +362,25 @@ def _train_stage(config, workdir, module, stage, first, last, state, progress, f
         now = time.time()
         rate = (step_in_stage - last_log[1]) / max(now - last_log[0], 1e-9)
         last_log = (now, step_in_stage)
-        scalars = {f'loss/{k}': float(v[0]) for k, v in terms.items()}
+        scalars = {f'loss/{k}': float(v) for k, v in first_replica(terms).items()}
         scalars.update({f'weights/{k}': v for k, v in schedule.items()})
         scalars.update({'learning_rate': config.lr, 'steps_per_sec': rate, 'frames_per_sec': rate * batch_size,
                         'epoch': epoch})
         _stop_if_not_finite(scalars, epoch, manager, workdir)
-        writer.write_scalars(int(jax_utils.unreplicate(state.step)), scalars)
-    last_terms = jax.device_get(jax_utils.unreplicate(terms))
+        writer.write_scalars(int(first_replica(state.step)), scalars)
+    last_terms = first_replica(terms)
     _stop_if_not_finite({f'loss/{k}': float(v) for k, v in last_terms.items()}, epoch, manager, workdir)
     progress = dataclasses.replace(progress, epoch=epoch, schedule=schedule,
                                    last_mask_loss=float(last_terms['mask']) if 'mask' in last_terms else None)
     if epoch % config.image_every_epochs == 0 and process_index == 0:
-      writer.write_images(int(jax_utils.unreplicate(state.step)), _visuals(module, state, visual_frames))
+      writer.write_images(int(first_replica(state.step)), _visuals(module, state, visual_frames))
     if epoch % config.checkpoint_every_epochs == 0 or epoch == last:
       _save(manager, state, progress)
   return state, progress
 
 
 def _stop_if_not_finite(scalars: Mapping[str, float], epoch: int, manager, workdir: str) -> None:
-  bad = sorted(k for k, v in scalars.items() if not np.isfinite(v))
+  bad = sorted(k for k, v in scalars.items() if k.startswith('loss/') and not np.isfinite(v))
   if bad:
     kept = manager.latest_step()
     kept = f'the last good checkpoint (epoch {kept}) is kept in {workdir}/checkpoints' if kept is not None \

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -10,6 +11,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 jax.config.update('jax_default_matmul_precision', 'highest')
+# Training tests build the same programs many times (and in subprocesses): compile each once.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='layered_jax_test_cache-'))
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 torch.set_num_threads(os.cpu_count() or 1)
 
 

@@ -1,0 +1,220 @@
+"""Training: the reference schedule, device-count invariance, exact resume, failures, export."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from data_prep import synthetic
+from layered_jax import export, input_pipeline, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(video, data_dir):
+  config = default.get_config()
+  config.dataroot = video
+  config.data_dir = data_dir
+  config.num_filters = 8
+  config.n_epochs = 2
+  config.batch_size = 4
+  config.n_epochs_upsample = 1
+  config.batch_size_upsample = 4
+  config.crop_size = 32
+  config.trimap_width = 4
+  config.log_every_steps = 1
+  config.image_every_epochs = 2
+  config.checkpoint_every_epochs = 1
+  return config
+
+
+@pytest.fixture(scope='module')
+def video(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('train') / 'walk')
+  synthetic.generate(path, people=2, frames=8, size=(128, 64))
+  return path
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('data'))
+
+
+def test_schedule_follows_the_reference():
+  config = default.get_config()
+  s = train.initial_schedule(config)
+  s = train.update_schedule(s, 1, previous_mask_loss=0.1, config=config)  # never on the first epoch
+  assert s['lambda_mask'] == 50
+  s = train.update_schedule(s, 5, previous_mask_loss=1.5, config=config)  # 1.5 > 0.02 * 50
+  assert s['lambda_mask'] == 50 and s['mask_rolloff_epoch'] == -1
+  s = train.update_schedule(s, 6, previous_mask_loss=0.9, config=config)  # below: drop 10x, remember
+  assert s['lambda_mask'] == pytest.approx(5) and s['mask_rolloff_epoch'] == 6
+  s = train.update_schedule(s, 7, previous_mask_loss=0.0, config=config)
+  assert s['lambda_mask'] == pytest.approx(5)
+  s = train.update_schedule(s, 12, previous_mask_loss=0.0, config=config)  # zero at twice that epoch
+  assert s['lambda_mask'] == 0
+  assert train.update_schedule(s, 199, None, config)['lambda_alpha_l1'] == 0.01
+  assert train.update_schedule(s, 200, None, config)['lambda_alpha_l1'] == 0
+  assert train.update_schedule(s, 399, None, config)['jitter_rgb'] == 0.2
+  assert train.update_schedule(s, 400, None, config)['jitter_rgb'] == 0
+  config.mask_loss_rolloff_epoch = 30  # fixed roll-off: zero at 60 whatever the loss
+  fixed = train.initial_schedule(config)
+  assert train.update_schedule(fixed, 59, 0., config)['lambda_mask'] == 50
+  assert train.update_schedule(fixed, 60, 0., config)['lambda_mask'] == 0
+
+
+def _run(tmp_path, name, video, data_dir, devices, *overrides):
+  out = str(tmp_path / f'{name}.npz')
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'train_run.py'), str(tmp_path / name),
+                           video, data_dir, out, *overrides], cwd=REPO, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return dict(np.load(out))
+
+
+def test_one_and_four_devices_agree_on_the_same_global_batch(tmp_path, video, data_dir):
+  one = _run(tmp_path, 'one', video, data_dir, 1)
+  four = _run(tmp_path, 'four', video, data_dir, 4)
+  assert (one['devices'], four['devices']) == (1, 4)
+  assert one['step'] == four['step'] == 3 * 2  # 2 + 1 epochs of 8 frames at batch 4
+  # Equal up to float reduction order, amplified a little by a few Adam steps.
+  difference = np.abs(four['reconstruction'] - one['reconstruction'])
+  assert difference.max() < 1e-3 and difference.mean() < 1e-4, (difference.max(), difference.mean())
+  np.testing.assert_allclose(four['running_mean'], one['running_mean'], atol=1e-5)
+  np.testing.assert_allclose(four['upsampler'], one['upsampler'], atol=1e-5)
+
+
+def _params(state):
+  return jax.tree_util.tree_map(np.asarray, {'params': state.params, 'batch_stats': state.batch_stats})
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path, video, data_dir):
+  straight_config = tiny_config(video, data_dir)
+  straight_config.n_epochs = 3
+  straight_config.do_upsampling = False
+  straight = train.train_and_evaluate(straight_config, str(tmp_path / 'straight'))
+  stopped_config = tiny_config(video, data_dir)
+  stopped_config.n_epochs = 1  # "stops" after epoch 1 (its checkpoint is written)
+  stopped_config.do_upsampling = False
+  train.train_and_evaluate(stopped_config, str(tmp_path / 'resumed'))
+  resumed = train.train_and_evaluate(straight_config, str(tmp_path / 'resumed'))
+  assert int(resumed.step) == int(straight.step) == 6
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), _params(resumed),
+                         _params(straight))
+  manager = train.checkpoint_manager(str(tmp_path / 'resumed'), 3)
+  progress = train.restore_progress(manager)
+  assert (progress.epoch, progress.stage) == (3, 'layers')
+
+
+def test_stage_two_continues_the_epoch_count_and_trains_only_the_upsampler(tmp_path, video, data_dir):
+  config = tiny_config(video, data_dir)
+  config.n_epochs = 1
+  first = train.train_and_evaluate(config.copy_and_resolve_references(), str(tmp_path / 'run'))
+  config.n_epochs_upsample = 0
+  config.do_upsampling = False
+  state = train.train_and_evaluate(config, str(tmp_path / 'run'))  # nothing left to do
+  progress = train.restore_progress(train.checkpoint_manager(str(tmp_path / 'run'), 3))
+  assert (progress.stage, progress.epoch) == ('upsample', 2)
+  assert progress.schedule['lambda_mask'] == 0
+  changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                                   first.params, state.params)
+  assert not any(jax.tree_util.tree_leaves(changed))
+  # The upsampling epoch moved the upsampler and nothing else.
+  low_only = tiny_config(video, data_dir)
+  low_only.n_epochs = 1
+  low_only.do_upsampling = False
+  base = train.train_and_evaluate(low_only, str(tmp_path / 'base'))
+  moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                                 base.params, first.params)
+  assert moved['upsampler']['upsample_block_0']['conv']['kernel']
+  assert not any(jax.tree_util.tree_leaves({k: v for k, v in moved.items() if k != 'upsampler'}))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, video, data_dir):
+  config = tiny_config(video, data_dir)
+  config.n_epochs = 1
+  config.do_upsampling = False
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  config.n_epochs = 3
+  config.lr = 1e30  # the parameters overflow within a step or two
+  with pytest.raises(FloatingPointError, match=r'loss/.* became (nan|inf) in epoch 2.*last good checkpoint \(epoch 1\)'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert train.checkpoint_manager(str(tmp_path / 'run'), 3).latest_step() == 1
+
+
+def test_wrong_configs_fail_before_any_compute(tmp_path, video, data_dir):
+  config = tiny_config('', data_dir)
+  with pytest.raises(ValueError, match='config.dataroot is empty'):
+    train.train_and_evaluate(config, str(tmp_path / 'a'))
+  config.dataroot = str(tmp_path / 'nowhere')
+  with pytest.raises(ValueError, match='does not exist'):
+    train.train_and_evaluate(config, str(tmp_path / 'a'))
+  config = tiny_config(video, data_dir)
+  config.dtype = 'float16'
+  with pytest.raises(ValueError, match="use 'float32' or 'bfloat16'"):
+    train.train_and_evaluate(config, str(tmp_path / 'a'))
+  config = tiny_config(video, data_dir)
+  config.lr = float('nan')
+  with pytest.raises(ValueError, match='must be a positive number'):
+    train.train_and_evaluate(config, str(tmp_path / 'a'))
+  # A workdir trained on one video refuses a video with another layer count.
+  config = tiny_config(video, data_dir)
+  config.n_epochs, config.do_upsampling = 1, False
+  train.train_and_evaluate(config, str(tmp_path / 'b'))
+  other = str(tmp_path / 'three')
+  synthetic.generate(other, people=3, frames=4, size=(128, 64))
+  config = tiny_config(other, str(tmp_path / 'other_data'))
+  with pytest.raises(ValueError, match=r'n_textures=49, 3 layers.*n_textures=73, 4 layers.*new --workdir'):
+    train.train_and_evaluate(config, str(tmp_path / 'b'))
+
+
+def test_detail_transfer_equals_the_reference_loop(rng):
+  layers = jnp.asarray(rng.uniform(-1, 1, (2, 4, 5, 6, 4)), jnp.float32)
+  target = jnp.asarray(rng.uniform(-1, 1, (2, 5, 6, 3)), jnp.float32)
+  recon = jnp.asarray(rng.uniform(-1, 1, (2, 5, 6, 4)), jnp.float32)
+  residual = target - recon[..., :3]
+  want = np.array(layers)
+  transmission = np.zeros((2, 5, 6, 1), np.float32)
+  for i in range(3, 0, -1):
+    want[:, i, ..., :3] += (1 - transmission) * np.asarray(residual)
+    alpha = np.asarray(layers[:, i, ..., 3:]) * 0.5 + 0.5
+    transmission = alpha + (1 - alpha) * transmission
+  np.testing.assert_allclose(export.transfer_detail(layers, target, recon), np.clip(want, -1, 1), atol=1e-6)
+
+
+def test_export_writes_layers_by_identity_with_the_frames_composite_order(tmp_path, data_dir):
+  video = str(tmp_path / 'v')
+  synthetic.generate(video, people=2, frames=3, size=(128, 64))
+  meta_path = os.path.join(video, 'metadata.json')
+  meta = json.load(open(meta_path))
+  meta['composite_order'] = [[1, 2], [2, 1], [1, 2]]
+  json.dump(meta, open(meta_path, 'w'))
+  config = tiny_config(video, str(tmp_path / 'data'))
+  config.n_epochs, config.do_upsampling, config.batch_size = 1, False, 3
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  out = export.export(config, str(tmp_path / 'run'))
+  info = json.load(open(os.path.join(out, 'layers.json')))
+  assert info['layer_ids'] == [0, 1, 2] and info['composite_order'][1] == [2, 1]
+  assert info['size'] == [128, 64] and not info['high_res']
+  for k in ('00', '01', '02'):
+    assert sorted(os.listdir(os.path.join(out, 'layers', k))) == ['0001.png', '0002.png', '0003.png']
+  background = cv2.imread(os.path.join(out, 'layers', '00', '0002.png'), cv2.IMREAD_UNCHANGED)
+  assert background.shape == (64, 128, 4) and np.all(background[..., 3] == 255)
+  assert {'index.html', 'original.mp4', 'reconstruction.mp4', 'layer_01.mp4'} <= set(os.listdir(out))
+  assert not [f for f in os.listdir(tmp_path) if f.startswith('.export-')]
+  # Frame 2 stacks the layers as [background, iuv 2, iuv 1]: file 01/0002.png is stack position 2.
+  frames, _ = input_pipeline.load_dataset(input_pipeline.prepare_dataset(config, str(tmp_path / 'run')))
+  variables, _ = export.load_variables(config, str(tmp_path / 'run'), 49,
+                                       {k: frames[k][:1] for k in ('uv', 'pids')})
+  rendered = train.make_module(config, 49).apply(variables, frames['uv'][1:2], frames['pids'][1:2])
+  layers = export.transfer_detail(rendered['layers'], frames['rgb'][1:2] / 127.5 - 1, rendered['reconstruction'])
+  png = cv2.cvtColor(cv2.imread(os.path.join(out, 'layers', '01', '0002.png'), cv2.IMREAD_UNCHANGED),
+                     cv2.COLOR_BGRA2RGBA)
+  assert np.abs(png.astype(int) - export.to_uint8(np.asarray(layers[0, 2]))).max() <= 1

@@ -1,0 +1,39 @@
+"""Trains a tiny config in a fresh process (tests set the device count with XLA_FLAGS first).
+
+  python tests/train_run.py WORKDIR VIDEO DATA_DIR OUT.npz [config overrides as key=value ...]
+
+Saves the final step, the reconstruction of two fixed frames, a BatchNorm running mean and an
+upsampler kernel, for comparison across device counts.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from layered_jax import input_pipeline, train  # noqa: E402
+from tests.test_train import tiny_config  # noqa: E402
+
+
+def main():
+  workdir, video, data_dir, out = sys.argv[1:5]
+  config = tiny_config(video, data_dir)
+  for item in sys.argv[5:]:
+    key, value = item.split('=')
+    config[key] = type(config[key])(value)
+  state = train.train_and_evaluate(config, workdir)
+  frames, meta = input_pipeline.load_dataset(input_pipeline.prepare_dataset(config, workdir))
+  module = train.make_module(config, int(meta['n_textures']))
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  out_lr = jax.jit(module.apply)(variables, frames['uv'][:2], frames['pids'][:2])
+  np.savez(out, devices=jax.device_count(), step=int(state.step),
+           reconstruction=np.asarray(out_lr['reconstruction']),
+           running_mean=np.asarray(state.batch_stats['unet']['encoder_1']['norm']['mean']),
+           upsampler=np.asarray(state.params['upsampler']['upsample_block_4']['conv']['kernel']))
+
+
+if __name__ == '__main__':
+  main()
