@@ -41,6 +41,7 @@ _CAPSULES = [
 ]
 SHADOW_ALPHA = 0.55
 SHADOW_SHEAR = (0.7, 0.5)  # a body point d above the ground lands (0.7 d, 0.5 d) from its foot
+CONTACT_SHADOW = (0.22, 0.05, 0.3, 0.07)  # ellipse centre offset (x, y) and semi-axes, in body heights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +127,19 @@ def person_colors(walker: Walker, part, u, v) -> np.ndarray:
 
 
 def shadow_mask(walker: Walker, t: float, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-  """Pixels of the ground shadow: points whose sheared-back position lies on the body."""
+  """Pixels of the ground shadow: the body projected onto the ground, plus a contact blob at the feet.
+
+  A projected point is one whose sheared-back position lies on the body.
+  """
   depth = (py - walker.ground_y) / SHADOW_SHEAR[1]
   body_x = px - SHADOW_SHEAR[0] * depth
   body_y = walker.ground_y - depth
   _, _, _, body = render_person(walker, t, body_x, body_y)
-  return body & (depth > 0)
+  feet_x = walker.joints(t)[15:17, 0].mean()
+  h = walker.height
+  blob = (((px - feet_x - CONTACT_SHADOW[0] * h) / (CONTACT_SHADOW[2] * h)) ** 2
+          + ((py - walker.ground_y - CONTACT_SHADOW[1] * h) / (CONTACT_SHADOW[3] * h)) ** 2) <= 1
+  return (body & (depth > 0)) | blob
 
 
 def make_background(world_width: int, height: int, rng: np.random.Generator) -> np.ndarray:

@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from layered_jax import export, train
+from layered_jax import evaluate, export, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard metrics, the dataset and the export go here.')
@@ -37,6 +37,10 @@ def main(argv):
     out = export.export(config, FLAGS.workdir)
     logging.info('layers written to %s', out)
     print(f'layers written to {out} (open {out}/index.html)')
+    if config.synthetic and not (config.export_high_res and config.do_upsampling):
+      for layer, scores in evaluate.layer_scores(out, config.dataroot).items():
+        print(f'layer {layer} against the ground truth: alpha IoU {scores["alpha_iou"]:.2f}, '
+              f'shadow recall {scores["shadow_recall"]:.2f}')
 
 
 if __name__ == '__main__':

@@ -218,3 +218,36 @@ def test_export_writes_layers_by_identity_with_the_frames_composite_order(tmp_pa
   png = cv2.cvtColor(cv2.imread(os.path.join(out, 'layers', '01', '0002.png'), cv2.IMREAD_UNCHANGED),
                      cv2.COLOR_BGRA2RGBA)
   assert np.abs(png.astype(int) - export.to_uint8(np.asarray(layers[0, 2]))).max() <= 1
+
+
+def test_metrics_reach_tensorboard(tmp_path, video, data_dir):
+  from tensorboard.backend.event_processing import event_accumulator
+  config = tiny_config(video, data_dir)
+  config.n_epochs, config.do_upsampling, config.image_every_epochs = 2, False, 1
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  events = event_accumulator.EventAccumulator(str(tmp_path / 'run'), size_guidance={'tensors': 0, 'images': 0})
+  events.Reload()
+  tags = set(events.Tags()['tensors']) | set(events.Tags()['scalars'])
+  assert {'loss/total', 'loss/recon', 'loss/mask', 'loss/alpha_reg', 'weights/lambda_mask', 'learning_rate',
+          'steps_per_sec', 'frames_per_sec'} <= tags, tags
+  assert {'target', 'reconstruction', 'layer_01_rgba', 'layer_02_alpha'} <= tags | set(events.Tags()['images'])
+
+
+def test_export_from_a_converted_reference_checkpoint(tmp_path, video, data_dir):
+  import torch
+  from layered_jax import convert
+  from tests.torch_reference import TorchLNR
+  torch.manual_seed(0)
+  converted = str(tmp_path / 'converted')
+  convert.save(converted, *convert.variables_from_state_dict(TorchLNR(nf=8, n_textures=49).state_dict(), 'lnr'))
+  config = tiny_config(video, data_dir)
+  config.init_checkpoint = converted
+  config.export_high_res = False
+  out = export.export(config, str(tmp_path / 'fresh'))
+  assert len(os.listdir(os.path.join(out, 'layers', '02'))) == 8
+  config.init_checkpoint = str(tmp_path / 'missing')
+  with pytest.raises(FileNotFoundError, match='model.json'):
+    export.export(config, str(tmp_path / 'fresh2'))
+  config.init_checkpoint = ''
+  with pytest.raises(FileNotFoundError, match='train first'):
+    export.export(config, str(tmp_path / 'fresh3'))
