@@ -13,12 +13,12 @@ import argparse
 import functools
 import os
 import shutil
-import tempfile
 from typing import Dict
 
 import numpy as np
 
 from data_prep import video_folder
+from layered_jax import files
 
 DATASET_NAME = 'layered_video'
 DATASET_VERSION = '1.0.0'
@@ -76,21 +76,14 @@ def build(video_dir: str, data_dir: str, band_width: int = 20, use_homographies:
           use_mask_images: bool = False, overwrite: bool = False) -> str:
   """Builds the dataset and returns its directory (to pass to `load_frames`)."""
   video = video_folder.read_video_folder(video_dir, use_homographies)
-  data_dir = os.path.abspath(data_dir)
-  final = os.path.join(data_dir, DATASET_NAME)
-  if os.path.exists(final) and not overwrite:
-    raise FileExistsError(f'{final} exists; pass --overwrite to rebuild it')
-  os.makedirs(data_dir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.build-', dir=data_dir)
-  try:
-    builder = _builder_class()(video, band_width, use_mask_images, data_dir=staging,
-                               file_format='array_record')
+  final = os.path.join(os.path.abspath(data_dir), DATASET_NAME)
+  with files.staged_directory(final, overwrite) as staging:
+    # TFDS writes DATA_DIR/<name>/<version>; build in a scratch folder, keep <version>.
+    scratch = os.path.join(staging, 'scratch')
+    builder = _builder_class()(video, band_width, use_mask_images, data_dir=scratch, file_format='array_record')
     builder.download_and_prepare()
-    if os.path.exists(final):
-      shutil.rmtree(final)
-    os.rename(os.path.join(staging, DATASET_NAME), final)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    os.rename(os.path.join(scratch, DATASET_NAME, DATASET_VERSION), os.path.join(staging, DATASET_VERSION))
+    shutil.rmtree(scratch)
   return os.path.join(final, DATASET_VERSION)
 
 

@@ -12,16 +12,14 @@ people into layers; default one person per layer, in id order).
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from typing import Dict, List, Sequence, Tuple
 
-import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
 from data_prep.video_folder import IUV_DIR, LOW_RES_DIR, DataError, read_json
+from layered_jax import files
 
 CANVAS = 256
 INNER = 192  # the keypoints' bounding box is scaled to this and centred on the canvas
@@ -186,11 +184,7 @@ def make_iuv_layers(video_dir: str, kp2uv_path: str, batch_size: int = 16, overw
   crops = predict_crops(np.stack([render_kp2uv_input(keypoints[n][p]) for n, p in jobs])
                         if jobs else np.zeros((0, CANVAS, CANVAS, 3), np.uint8), kp2uv_path, batch_size)
   crop_of = dict(zip(jobs, crops))
-  target = os.path.join(video_dir, IUV_DIR)
-  if os.path.exists(target) and not overwrite:
-    raise FileExistsError(f'{target} exists; pass --overwrite to replace it')
-  staging = tempfile.mkdtemp(prefix='.iuv-', dir=video_dir)
-  try:
+  with files.staged_directory(os.path.join(video_dir, IUV_DIR), overwrite) as staging:
     for k, group in enumerate(groups, start=1):
       os.makedirs(os.path.join(staging, f'{k:02d}'))
       for name in frame_names:
@@ -198,12 +192,7 @@ def make_iuv_layers(video_dir: str, kp2uv_path: str, batch_size: int = 16, overw
         for pid in group:
           if (name, pid) in crop_of:
             paste_crop(layer, crop_of[(name, pid)], keypoints[name][pid], pid, frame_size, keypoint_size)
-        cv2.imwrite(os.path.join(staging, f'{k:02d}', name), cv2.cvtColor(layer, cv2.COLOR_RGBA2BGRA))
-    if os.path.exists(target):
-      shutil.rmtree(target)
-    os.rename(staging, target)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+        files.write_png(os.path.join(staging, f'{k:02d}', name), layer)
   return len(groups)
 
 

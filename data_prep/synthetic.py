@@ -20,14 +20,13 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from data_prep.frames import parse_size
+from layered_jax import files
 
 # COCO-17 joints: nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles (left, right).
 # Capsules: (joint a, joint b, radius as a fraction of body height, DensePose part id, draw rank).
@@ -248,8 +247,7 @@ def _write_png(path: str, image: np.ndarray) -> None:
   """float [0, 1] RGB(A) or uint8 RGB(A) -> PNG."""
   if image.dtype != np.uint8:
     image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
-  code = cv2.COLOR_RGBA2BGRA if image.shape[-1] == 4 else cv2.COLOR_RGB2BGR
-  cv2.imwrite(path, cv2.cvtColor(image, code))
+  files.write_png(path, image)
 
 
 def generate(out_dir: str, people: int = 2, frames: int = 48, size: Tuple[int, int] = (224, 128),
@@ -261,18 +259,9 @@ def generate(out_dir: str, people: int = 2, frames: int = 48, size: Tuple[int, i
     raise ValueError(f'size {width}x{height} must be multiples of 32 (the UNet halves it 5 times)')
   if retime_offsets is not None and len(retime_offsets) != people:
     raise ValueError(f'{len(retime_offsets)} retime offsets for {people} people')
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir):
-    raise FileExistsError(f'{out_dir} exists; choose a new folder')
-  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.synthetic-', dir=os.path.dirname(out_dir))
-  try:
-    scene = make_scene(people, frames, width, height, camera_pan, seed)
+  scene = make_scene(people, frames, width, height, camera_pan, seed)
+  with files.staged_directory(out_dir) as staging:
     _write_folder(scene, staging, retime_offsets, fps)
-    os.rename(staging, out_dir)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
   return scene
 
 

@@ -13,8 +13,6 @@ its state-dict key: containers `unet`/`upsampler` drop out, `name_N` is
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Dict, Mapping, Tuple
 
 import flax.linen as nn
@@ -22,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from layered_jax import files
 from layered_jax.models import Kp2UV, LayeredNeuralRenderer
 
 KINDS = ('lnr', 'kp2uv')
@@ -173,26 +172,14 @@ def load_torch(path: str, kind: str) -> Tuple[nn.Module, Variables]:
 def save(output_dir: str, module: nn.Module, variables: Variables, overwrite: bool = False) -> None:
   """Write model.json and an Orbax checkpoint; nothing is left behind if it fails."""
   import orbax.checkpoint as ocp
-  output_dir = os.path.abspath(output_dir)
-  if os.path.exists(output_dir) and not overwrite:
-    raise FileExistsError(f'{output_dir} exists; pass --overwrite to replace it')
   kind = 'lnr' if isinstance(module, LayeredNeuralRenderer) else 'kp2uv'
   sizes = {name: getattr(module, name) for name in _SIZE_FIELDS[kind]}
-  parent = os.path.dirname(output_dir)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.convert-', dir=parent)
-  try:
+  with files.staged_directory(output_dir, overwrite) as staging:
     with open(os.path.join(staging, 'model.json'), 'w') as f:
       json.dump({'kind': kind, 'sizes': sizes}, f, indent=2)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(staging, 'variables'), variables)
     checkpointer.wait_until_finished()
-    if os.path.exists(output_dir):
-      shutil.rmtree(output_dir)
-    os.rename(staging, output_dir)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
 
 
 def load(checkpoint_dir: str) -> Tuple[nn.Module, Variables]:

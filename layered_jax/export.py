@@ -15,8 +15,6 @@ the model missed to the layers, top down, weighted by what shows through.
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Tuple
 
 import cv2
@@ -25,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from layered_jax import input_pipeline, train
+from layered_jax import files, input_pipeline, train
 from layered_jax.models.layers import upsample2x_bilinear
 
 
@@ -47,11 +45,6 @@ def transfer_detail(layers: jax.Array, target: jax.Array, reconstruction: jax.Ar
 def to_uint8(x: np.ndarray) -> np.ndarray:
   """[-1, 1] -> uint8 as the reference saves images: (x + 1) / 2 * 255, truncated."""
   return ((np.clip(x, -1, 1) + 1) / 2 * 255).astype(np.uint8)
-
-
-def _write_png(path: str, rgb_or_rgba: np.ndarray) -> None:
-  code = cv2.COLOR_RGBA2BGRA if rgb_or_rgba.shape[-1] == 4 else cv2.COLOR_RGB2BGR
-  cv2.imwrite(path, cv2.cvtColor(rgb_or_rgba, code))
 
 
 def _write_video(path: str, frames: List[np.ndarray], fps: float) -> None:
@@ -106,16 +99,8 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
     return layers.at[:, 0, ..., 3].set(1.), out['reconstruction']
 
   out_dir = os.path.abspath(config.export_dir or os.path.join(workdir, 'export'))
-  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.export-', dir=os.path.dirname(out_dir))
-  try:
+  with files.staged_directory(out_dir, overwrite=True) as staging:
     _write_export(staging, frames, meta, render, high_res, config.fps)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.rename(staging, out_dir)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
   return out_dir
 
 
@@ -134,9 +119,9 @@ def _write_export(out_dir, frames, meta, render, high_res: bool, fps: float) -> 
     layers, reconstruction = to_uint8(np.asarray(layers[0])), to_uint8(np.asarray(reconstruction[0, ..., :3]))
     ids = [0] + list(order[i])  # position in the network's stack -> iuv layer id
     for position, k in enumerate(ids):
-      _write_png(os.path.join(out_dir, 'layers', f'{k:02d}', name), layers[position])
+      files.write_png(os.path.join(out_dir, 'layers', f'{k:02d}', name), layers[position])
       videos[f'layer_{k:02d}'].append(over_checkerboard(layers[position]))
-    _write_png(os.path.join(out_dir, 'reconstruction', name), reconstruction)
+    files.write_png(os.path.join(out_dir, 'reconstruction', name), reconstruction)
     videos['original'].append(frames[key][i])
     videos['reconstruction'].append(reconstruction)
     if (i + 1) % 50 == 0 or i + 1 == len(names):

@@ -1,7 +1,6 @@
 """Camera motion estimated from the frames against the synthetic video's true homographies."""
 
 import os
-import shutil
 
 import cv2
 import numpy as np

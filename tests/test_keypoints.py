@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import cv2
-import jax
 import matplotlib
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """Building blocks against PyTorch: padding, convolutions, sampler, upsampling, BatchNorm, compositing."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,0 +1,35 @@
+"""Writing outputs so that a failure never leaves anything half-written."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+
+@contextlib.contextmanager
+def staged_directory(final: str, overwrite: bool = False) -> Iterator[str]:
+  """Yields a staging folder beside `final`; renamed to `final` if the block succeeds, removed if not."""
+  final = os.path.abspath(final)
+  if os.path.exists(final) and not overwrite:
+    raise FileExistsError(f'{final} exists; pass --overwrite to replace it')
+  parent = os.path.dirname(final)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(final)}-', dir=parent)
+  try:
+    yield staging
+    if os.path.exists(final):
+      shutil.rmtree(final)
+    os.rename(staging, final)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_png(path: str, image: np.ndarray) -> None:
+  """RGB or RGBA uint8 [H, W, C] (OpenCV stores BGR(A))."""
+  code = cv2.COLOR_RGBA2BGRA if image.shape[-1] == 4 else cv2.COLOR_RGB2BGR
+  if not cv2.imwrite(path, cv2.cvtColor(image, code)):
+    raise OSError(f'could not write {path}')
