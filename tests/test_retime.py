@@ -154,3 +154,15 @@ def test_align_helper_proposes_the_offset_that_lines_events_up(columns, tmp_path
   bad = subprocess.run([sys.executable, '-m', 'layered_jax.retime', f'--layers={columns}', '--align=1:2,9:7'],
                        cwd=REPO, capture_output=True, text=True)
   assert bad.returncode == 2 and 'LAYER:FRAME' in bad.stderr
+
+
+def test_yaml_specs_are_read_like_json(columns, tmp_path):
+  path = tmp_path / 'spec.yaml'
+  path.write_text('layers:\n  "1":\n    offset: 3\n')
+  spec = retime._load_spec(str(path))
+  assert spec == {'layers': {'1': {'offset': 3}}}
+  assert _where(_run(columns, spec)[0], 1) == {3: 255}
+  bad = tmp_path / 'spec.json'
+  bad.write_text('{"layers": ')
+  with pytest.raises(retime.SpecError, match='not valid JSON'):
+    retime._load_spec(str(bad))
