@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from layered_jax import files, input_pipeline, train
+from layered_jax import distributed, files, input_pipeline, train
 from layered_jax.models.layers import upsample2x_bilinear
 
 
@@ -82,12 +82,20 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str, n_textures: 
 
 
 def export(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Renders every frame and writes the export folder; returns its path."""
+  """Renders every frame and writes the export folder; returns its path.
+
+  Every process of a multi-process run calls it (restoring a checkpoint is collective);
+  process 0 alone renders and writes.
+  """
+  out_dir = os.path.abspath(config.export_dir or os.path.join(workdir, 'export'))
   dataset_dir = input_pipeline.prepare_dataset(config, workdir)
+  distributed.barrier('export dataset ready')
   frames, meta = input_pipeline.load_dataset(dataset_dir)
   n_textures = int(meta['n_textures'])
   sample = {k: jnp.asarray(frames[k][:1]) for k in ('uv', 'pids')}
   variables, upsampler_trained = load_variables(config, workdir, n_textures, sample)
+  if not distributed.is_primary():
+    return out_dir
   high_res = config.export_high_res and upsampler_trained
   module = train.make_module(config, n_textures)
 
@@ -98,7 +106,6 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
     layers = transfer_detail(out['layers'], target, out['reconstruction'])
     return layers.at[:, 0, ..., 3].set(1.), out['reconstruction']
 
-  out_dir = os.path.abspath(config.export_dir or os.path.join(workdir, 'export'))
   with files.staged_directory(out_dir, overwrite=True) as staging:
     _write_export(staging, frames, meta, render, high_res, config.fps)
   return out_dir

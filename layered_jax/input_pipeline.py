@@ -19,22 +19,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from layered_jax import distributed
+
 Frames = Mapping[str, np.ndarray]  # rgb, rgb_hr uint8; uv, trimap, pids float32; frame_index
 JITTER_PROBABILITY = 0.75
 MAX_SCALE = 1.25
 
 
 def prepare_dataset(config, workdir: str) -> str:
-  """The video's dataset directory, built on first use (after generating the video for synthetic configs)."""
+  """The video's dataset directory, built on first use (after generating the video for synthetic configs).
+
+  Only process 0 builds; in a multi-process run the others wait at a barrier after this call.
+  """
   from data_prep import build, synthetic
-  if config.get('synthetic') and not os.path.exists(config.dataroot):
-    print(f'generating the synthetic video {config.dataroot}', flush=True)
-    synthetic.generate(config.dataroot, **config.synthetic)
   data_dir = config.data_dir or os.path.join(workdir, 'data')
   dataset_dir = os.path.join(data_dir, build.DATASET_NAME, build.DATASET_VERSION)
-  if not os.path.isdir(dataset_dir):
-    print(f'building the dataset of {config.dataroot} in {data_dir}', flush=True)
-    build.build(config.dataroot, data_dir, config.trimap_width, config.use_homographies, config.use_mask_images)
+  if distributed.is_primary():
+    if config.get('synthetic') and not os.path.exists(config.dataroot):
+      print(f'generating the synthetic video {config.dataroot}', flush=True)
+      synthetic.generate(config.dataroot, **config.synthetic)
+    if not os.path.isdir(dataset_dir):
+      print(f'building the dataset of {config.dataroot} in {data_dir}', flush=True)
+      build.build(config.dataroot, data_dir, config.trimap_width, config.use_homographies, config.use_mask_images)
   return dataset_dir
 
 

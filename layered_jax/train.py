@@ -21,7 +21,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from layered_jax import input_pipeline, losses
+from layered_jax import distributed, input_pipeline, losses
 from layered_jax.models import LayeredNeuralRenderer
 from layered_jax.models.layers import upsample2x_bilinear
 
@@ -261,6 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   from clu import metric_writers
   check_config(config)
   dataset_dir = input_pipeline.prepare_dataset(config, workdir)
+  distributed.barrier('dataset ready')  # process 0 built it
   frames, meta = input_pipeline.load_dataset(dataset_dir)
   num_frames, num_layers = frames['uv'].shape[:2]
   size_lr = tuple(meta['size_lr'])

@@ -79,16 +79,23 @@ def _run(tmp_path, name, video, data_dir, devices, *overrides):
   return dict(np.load(out))
 
 
+def assert_same_training(a, b):
+  """Equal up to float reduction order. Compared after one epoch per stage: Adam's first steps
+  normalise each gradient entry, so rounding-level differences in near-zero gradients become
+  lr-sized parameter changes from the second step on (after 6 steps outputs differ by ~2e-3).
+  Per-device BatchNorm statistics or loss normalisers would differ by ~1e-1."""
+  difference = np.abs(a['reconstruction'] - b['reconstruction'])
+  assert difference.max() < 1e-4 and difference.mean() < 1e-5, (difference.max(), difference.mean())
+  np.testing.assert_allclose(a['upsampler'], b['upsampler'], atol=1e-4)
+  np.testing.assert_allclose(a['running_mean'], b['running_mean'], atol=5e-3)
+
+
 def test_one_and_four_devices_agree_on_the_same_global_batch(tmp_path, video, data_dir):
-  one = _run(tmp_path, 'one', video, data_dir, 1)
-  four = _run(tmp_path, 'four', video, data_dir, 4)
+  one = _run(tmp_path, 'one', video, data_dir, 1, 'n_epochs=1')
+  four = _run(tmp_path, 'four', video, data_dir, 4, 'n_epochs=1')
   assert (one['devices'], four['devices']) == (1, 4)
-  assert one['step'] == four['step'] == 3 * 2  # 2 + 1 epochs of 8 frames at batch 4
-  # Equal up to float reduction order, amplified a little by a few Adam steps.
-  difference = np.abs(four['reconstruction'] - one['reconstruction'])
-  assert difference.max() < 1e-3 and difference.mean() < 1e-4, (difference.max(), difference.mean())
-  np.testing.assert_allclose(four['running_mean'], one['running_mean'], atol=1e-5)
-  np.testing.assert_allclose(four['upsampler'], one['upsampler'], atol=1e-5)
+  assert one['step'] == four['step'] == 2 * 2  # 1 + 1 epochs of 8 frames at batch 4
+  assert_same_training(four, one)
 
 
 def _params(state):
