@@ -15,7 +15,6 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -25,6 +24,7 @@ from layered_jax import distributed, input_pipeline, losses
 from layered_jax.models import LayeredNeuralRenderer
 from layered_jax.models.layers import upsample2x_bilinear
 
+Config = Any  # an ml_collections.ConfigDict; not imported, the GPU images lack ml_collections
 Batch = Mapping[str, jax.Array]  # uv [B,L,H,W,2], pids [B,L,H,W], trimap [B,L,H,W], rgb [B,H,W,3]
 AXIS = 'batch'
 STAGES = ('layers', 'upsample')
@@ -34,7 +34,7 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
-def make_module(config: ml_collections.ConfigDict, n_textures: int, axis_name: Optional[str] = None
+def make_module(config: Config, n_textures: int, axis_name: Optional[str] = None
                 ) -> LayeredNeuralRenderer:
   return LayeredNeuralRenderer(n_textures=n_textures, num_filters=config.num_filters,
                                texture_channels=config.texture_channels, texture_res=config.texture_res,
@@ -128,7 +128,7 @@ def upsample_train_step(state: TrainState, batch: Batch, axis_name: Optional[str
 
 # --- The reference's schedule (spec section 4), in its 1-based epochs. ---
 
-def initial_schedule(config: ml_collections.ConfigDict) -> Dict[str, float]:
+def initial_schedule(config: Config) -> Dict[str, float]:
   return {'lambda_alpha_l1': config.lambda_alpha_l1, 'lambda_alpha_l0': config.lambda_alpha_l0,
           'lambda_mask': config.lambda_mask, 'jitter_rgb': config.jitter_rgb,
           'mask_rolloff_epoch': float(config.mask_loss_rolloff_epoch)}
@@ -141,7 +141,7 @@ def upsample_schedule() -> Dict[str, float]:
 
 
 def update_schedule(schedule: Mapping[str, float], epoch: int, previous_mask_loss: Optional[float],
-                    config: ml_collections.ConfigDict, first_epoch: int = 1) -> Dict[str, float]:
+                    config: Config, first_epoch: int = 1) -> Dict[str, float]:
   """Loss weights at the start of `epoch`, given the last mask loss of the epoch before.
 
   Alpha L1 stops at alpha_l1_rolloff_epoch; once the (weighted) mask loss falls
@@ -209,7 +209,7 @@ def restore_state(manager, abstract: TrainState) -> TrainState:
       state=ocp.args.StandardRestore(abstract)))['state']
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: Config) -> None:
   """Fails before any compute on settings that cannot work, saying what to change."""
   if not config.dataroot:
     raise ValueError('config.dataroot is empty: pass --config.dataroot=/path/to/video_folder')
@@ -253,7 +253,7 @@ def _visuals(module: LayeredNeuralRenderer, state: TrainState, frames: Mapping[s
   return {k: np.clip(v, 0, 1) for k, v in visuals.items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: Config, workdir: str) -> TrainState:
   """Trains both stages, resuming from workdir, writing metrics and checkpoints there.
 
   Returns the final state (on the host, unreplicated).

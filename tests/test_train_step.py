@@ -37,3 +37,22 @@ def test_benchmark_reports_both_frameworks(capsys):
   # XLA's count for nf=8 at 64x128 is far below the 148 GFLOP of the full-size step, and not zero.
   assert 0.05 < row['gflop_per_frame'] < 5
   assert '"jax_fps"' in capsys.readouterr().out
+
+
+def test_models_train_step_and_benchmarks_import_without_tf_tfds_clu_ml_collections():
+  """The GPU images have jax, flax, optax and orbax but none of these (brief: keep them importable)."""
+  import subprocess
+  import sys
+  script = '''
+import importlib.machinery, sys
+find = importlib.machinery.PathFinder.find_spec
+hidden = ('tensorflow', 'tensorflow_datasets', 'clu', 'ml_collections')
+importlib.machinery.PathFinder.find_spec = classmethod(
+    lambda cls, name, path=None, target=None: None if name.split('.')[0] in hidden else find(name, path, target))
+import benchmarks.train_step, layered_jax.train, layered_jax.models, layered_jax.losses, layered_jax.input_pipeline
+assert not [m for m in hidden if m in sys.modules]
+'''
+  import os
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, '-c', script], cwd=repo, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]
