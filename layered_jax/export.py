@@ -15,16 +15,14 @@ the model missed to the layers, top down, weighted by what shows through.
 
 import json
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
-import cv2
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from layered_jax import distributed, files, input_pipeline, train
-from layered_jax.models.layers import upsample2x_bilinear
+from layered_jax.models.layers import transmittance_from_above, upsample2x_bilinear
 
 
 def transfer_detail(layers: jax.Array, target: jax.Array, reconstruction: jax.Array) -> jax.Array:
@@ -34,9 +32,7 @@ def transfer_detail(layers: jax.Array, target: jax.Array, reconstruction: jax.Ar
   the background keeps its colour. Clamped to [-1, 1].
   """
   residual = (target - reconstruction[..., :3])[:, None]
-  alpha = layers[..., 3:] * 0.5 + 0.5
-  above = jnp.cumprod(jnp.flip(1 - alpha, axis=1), axis=1)
-  shows = jnp.flip(jnp.concatenate([jnp.ones_like(above[:, :1]), above[:, :-1]], axis=1), axis=1)
+  shows = transmittance_from_above(layers[..., 3:] * 0.5 + 0.5)
   is_person = (jnp.arange(layers.shape[1]) > 0)[None, :, None, None, None]
   rgb = layers[..., :3] + jnp.where(is_person, shows, 0.) * residual
   return jnp.clip(jnp.concatenate([rgb, layers[..., 3:]], -1), -1, 1)
@@ -47,14 +43,6 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
   return ((np.clip(x, -1, 1) + 1) / 2 * 255).astype(np.uint8)
 
 
-def _write_video(path: str, frames: List[np.ndarray], fps: float) -> None:
-  height, width = frames[0].shape[:2]
-  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (width, height))
-  for frame in frames:
-    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-  writer.release()
-
-
 def over_checkerboard(rgba: np.ndarray, cell: int = 16) -> np.ndarray:
   height, width = rgba.shape[:2]
   board = ((np.indices((height, width)).sum(0) // cell) % 2 * 60 + 150)[..., None].astype(np.float32)
@@ -62,7 +50,7 @@ def over_checkerboard(rgba: np.ndarray, cell: int = 16) -> np.ndarray:
   return (rgba[..., :3] * alpha + board * (1 - alpha)).astype(np.uint8)
 
 
-def load_variables(config: ml_collections.ConfigDict, workdir: str, n_textures: int, sample
+def load_variables(config: train.Config, workdir: str, n_textures: int, sample
                    ) -> Tuple[Dict, bool]:
   """(variables, whether the upsampler was trained) from the workdir's latest checkpoint."""
   module = train.make_module(config, n_textures)
@@ -81,7 +69,7 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str, n_textures: 
   return {'params': state.params, 'batch_stats': state.batch_stats}, progress.stage == 'upsample'
 
 
-def export(config: ml_collections.ConfigDict, workdir: str) -> str:
+def export(config: train.Config, workdir: str) -> str:
   """Renders every frame and writes the export folder; returns its path.
 
   Every process of a multi-process run calls it (restoring a checkpoint is collective);
@@ -140,7 +128,7 @@ def _write_export(out_dir, frames, meta, render, high_res: bool, fps: float) -> 
                'composite_order': [list(o) for o in order], 'frames': list(names),
                'source': meta['video_dir']}, f, indent=1)
   for video, images in videos.items():
-    _write_video(os.path.join(out_dir, f'{video}.mp4'), images, fps)
+    files.write_video(os.path.join(out_dir, f'{video}.mp4'), images, fps)
   cells = ''.join(f'<figure><video src="{v}.mp4" autoplay loop muted controls width="{width}"></video>'
                   f'<figcaption>{v}</figcaption></figure>' for v in videos)
   with open(os.path.join(out_dir, 'index.html'), 'w') as f:

@@ -4,7 +4,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -33,3 +33,14 @@ def write_png(path: str, image: np.ndarray) -> None:
   code = cv2.COLOR_RGBA2BGRA if image.shape[-1] == 4 else cv2.COLOR_RGB2BGR
   if not cv2.imwrite(path, cv2.cvtColor(image, code)):
     raise OSError(f'could not write {path}')
+
+
+def write_video(path: str, frames: Sequence[np.ndarray], fps: float) -> None:
+  """RGB uint8 frames [H, W, 3] -> an mp4 (OpenCV's mp4v codec)."""
+  height, width = frames[0].shape[:2]
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (width, height))
+  if not writer.isOpened():
+    raise OSError(f'could not open {path} for writing')
+  for frame in frames:
+    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  writer.release()

@@ -223,11 +223,7 @@ def retime(export_dir: str, spec: Mapping, output: str, overwrite: bool = False)
       frame = to_uint8(render_frame(video, plan, f, cache))
       files.write_png(os.path.join(staging, 'frames', f'{f + 1:04d}.png'), frame)
       frames.append(frame)
-    writer = cv2.VideoWriter(os.path.join(staging, 'retimed.mp4'), cv2.VideoWriter_fourcc(*'mp4v'), video.fps,
-                             (frames[0].shape[1], frames[0].shape[0]))
-    for frame in frames:
-      writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
+    files.write_video(os.path.join(staging, 'retimed.mp4'), frames, video.fps)
     picks = np.linspace(0, plan.length - 1, min(4, plan.length)).round().astype(int)
     before = [to_uint8(render_frame(video, identity, int(f), cache)) for f in picks]
     sheet = np.concatenate([np.concatenate(before, 1), np.concatenate([frames[f] for f in picks], 1)], 0)

@@ -330,6 +330,12 @@ class ResBlock(nn.Module):
     return x + y
 
 
+def transmittance_from_above(alpha: Array) -> Array:
+  """For alphas [B, L, ...] in [0, 1] (back to front): the product of (1 - a_j) over the layers j above each."""
+  above = jnp.cumprod(jnp.flip(1 - alpha, axis=1), axis=1)
+  return jnp.flip(jnp.concatenate([jnp.ones_like(above[:, :1]), above[:, :-1]], axis=1), axis=1)
+
+
 def composite(layers: Array) -> Array:
   """Back-to-front "over" compositing of [B, L, H, W, 4] RGBA layers in [-1, 1].
 
@@ -339,9 +345,7 @@ def composite(layers: Array) -> Array:
   """
   alpha = layers[:, 1:, ..., 3:4] * 0.5 + 0.5
   alpha = jnp.concatenate([jnp.ones_like(layers[:, :1, ..., 3:4]), alpha], axis=1)
-  above = jnp.cumprod(jnp.flip(1 - alpha, axis=1), axis=1)
-  transmittance = jnp.flip(jnp.concatenate([jnp.ones_like(above[:, :1]), above[:, :-1]], axis=1), axis=1)
-  return jnp.sum(layers * alpha * transmittance, axis=1)
+  return jnp.sum(layers * alpha * transmittance_from_above(alpha), axis=1)
 
 
 def stack_channels(parts: Sequence[Array]) -> Array:
