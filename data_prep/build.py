@@ -19,6 +19,7 @@ import numpy as np
 
 from data_prep import video_folder
 from layered_jax import files
+from layered_jax.input_pipeline import frame_features
 
 DATASET_NAME = 'layered_video'
 DATASET_VERSION = '1.0.0'
@@ -42,19 +43,12 @@ def _builder_class():
     def _info(self):
       width, height = self._video.size_lr
       num_layers = 1 + len(self._video.layer_ids)
-      tensor = lambda shape, dtype: tfds.features.Tensor(shape=shape, dtype=dtype,
-                                                         encoding=tfds.features.Encoding.ZLIB)
+      features = {name: tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.ZLIB)
+                  if shape else dtype for name, (shape, dtype) in frame_features(num_layers, width, height).items()}
       return tfds.core.DatasetInfo(
           builder=self,
           description=f'Layered video {self._video.root}',
-          features=tfds.features.FeaturesDict({
-              'rgb': tensor((height, width, 3), np.uint8),
-              'rgb_hr': tensor((2 * height, 2 * width, 3), np.uint8),
-              'uv': tensor((num_layers, height, width, 2), np.float32),
-              'trimap': tensor((num_layers, height, width), np.float32),
-              'pids': tensor((num_layers, height, width), np.float32),
-              'frame_index': np.int64,
-          }),
+          features=tfds.features.FeaturesDict(features),
           metadata=tfds.core.MetadataDict(
               video_dir=self._video.root, frame_names=self._video.frame_names,
               layer_ids=self._video.layer_ids, size_lr=list(self._video.size_lr),

@@ -141,13 +141,21 @@ def shadow_mask(walker: Walker, t: float, px: np.ndarray, py: np.ndarray) -> np.
   return (body & (depth > 0)) | blob
 
 
-def make_background(world_width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-  """A textured world (sky, wall with bricks, ground) at the given pixel size, in [0, 1]."""
+def make_background(world_width: int, height: int, rng: np.random.Generator, plain: bool = False) -> np.ndarray:
+  """A world (sky, wall, ground) at the given pixel size, in [0, 1].
+
+  Textured: bricks, posters (corners for the homography tools) and a rippled
+  ground. Plain: smooth bands only, which a small network learns in a few
+  minutes, leaving the moving shadows as what is left to explain.
+  """
   y, x = np.mgrid[0:height, 0:world_width] / height
-  image = np.zeros((height, world_width, 3))
   horizon = 0.62
   sky = np.array([0.55, 0.7, 0.9]) + 0.08 * np.sin(3 * x + 2 * y)[..., None]
   wall_color = rng.uniform(0.45, 0.75, 3)
+  if plain:
+    ground = np.array([0.75, 0.7, 0.6]) - 0.1 * (y[..., None] - horizon)
+    image = np.where((y < 0.25)[..., None], sky, np.where((y < horizon)[..., None], wall_color, ground))
+    return image.astype(np.float32)
   bricks = ((np.floor(y * 14) % 2 == 0) ^ (np.floor(x * 7 + 0.5 * (np.floor(y * 14) % 2)) % 2 == 0))
   wall = wall_color * (0.85 + 0.15 * bricks[..., None])
   ground = np.array([0.55, 0.5, 0.4]) * (0.9 + 0.1 * np.sin(25 * x + 9 * y))[..., None]
@@ -235,10 +243,10 @@ class Scene:
 
 
 def make_scene(people: int, frames: int, width: int, height: int, camera_pan: float = 0.,
-               seed: int = 0) -> Scene:
+               seed: int = 0, plain_background: bool = False) -> Scene:
   rng = np.random.default_rng(seed)
   world_width = int(np.ceil(width + abs(camera_pan)))
-  background = make_background(2 * world_width, 2 * height, rng)
+  background = make_background(2 * world_width, 2 * height, rng, plain_background)
   return Scene(width, height, frames, camera_pan, background,
                make_walkers(people, frames, width, height, world_width, rng))
 
@@ -252,14 +260,14 @@ def _write_png(path: str, image: np.ndarray) -> None:
 
 def generate(out_dir: str, people: int = 2, frames: int = 48, size: Tuple[int, int] = (224, 128),
              camera_pan: float = 0., retime_offsets: Optional[Sequence[int]] = None, seed: int = 0,
-             fps: float = 24.) -> Scene:
+             fps: float = 24., plain_background: bool = False) -> Scene:
   """Writes the synthetic video folder (atomically: a staging folder renamed at the end)."""
   width, height = size
   if width % 32 or height % 32:
     raise ValueError(f'size {width}x{height} must be multiples of 32 (the UNet halves it 5 times)')
   if retime_offsets is not None and len(retime_offsets) != people:
     raise ValueError(f'{len(retime_offsets)} retime offsets for {people} people')
-  scene = make_scene(people, frames, width, height, camera_pan, seed)
+  scene = make_scene(people, frames, width, height, camera_pan, seed, plain_background)
   with files.staged_directory(out_dir) as staging:
     _write_folder(scene, staging, retime_offsets, fps)
   return scene
@@ -317,8 +325,10 @@ def main(argv=None):
   parser.add_argument('--retime_offsets', type=lambda s: [int(v) for v in s.split(',')], default=None,
                       help='per-person frame offsets for a ground-truth re-timed video, e.g. 0,8')
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--plain_background', action='store_true', help='smooth bands instead of bricks and posters')
   args = parser.parse_args(argv)
-  generate(args.out, args.people, args.frames, args.size, args.camera_pan, args.retime_offsets, args.seed)
+  generate(args.out, args.people, args.frames, args.size, args.camera_pan, args.retime_offsets, args.seed,
+           plain_background=args.plain_background)
   print(f'wrote {args.out}: {args.frames} frames of {args.size[0]}x{args.size[1]}, {args.people} people')
 
 

@@ -26,6 +26,18 @@ JITTER_PROBABILITY = 0.75
 MAX_SCALE = 1.25
 
 
+def frame_features(num_layers: int, width: int, height: int) -> Dict[str, Tuple[Tuple[int, ...], type]]:
+  """(shape, dtype) of each feature of a frame as data_prep.build stores it (num_layers with the background)."""
+  return {
+      'rgb': ((height, width, 3), np.uint8),
+      'rgb_hr': ((2 * height, 2 * width, 3), np.uint8),
+      'uv': ((num_layers, height, width, 2), np.float32),
+      'trimap': ((num_layers, height, width), np.float32),
+      'pids': ((num_layers, height, width), np.float32),
+      'frame_index': ((), np.int64),
+  }
+
+
 def prepare_dataset(config, workdir: str) -> str:
   """The video's dataset directory, built on first use (after generating the video for synthetic configs).
 

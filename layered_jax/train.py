@@ -10,7 +10,7 @@ the state and steps import without them.
 import dataclasses
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -28,6 +28,8 @@ Config = Any  # an ml_collections.ConfigDict; not imported, the GPU images lack 
 Batch = Mapping[str, jax.Array]  # uv [B,L,H,W,2], pids [B,L,H,W], trimap [B,L,H,W], rgb [B,H,W,3]
 AXIS = 'batch'
 STAGES = ('layers', 'upsample')
+DEVICE_FRAMES = ('rgb', 'rgb_hr', 'uv', 'pids', 'trimap')  # what every device holds of the whole video
+LOSS_WEIGHT_NAMES = ('lambda_alpha_l1', 'lambda_alpha_l0', 'lambda_mask')
 
 
 class TrainState(train_state.TrainState):
@@ -56,8 +58,10 @@ def init_variables(rng: jax.Array, module: nn.Module, batch: Batch, abstract: bo
   def init(rng, uv, pids):
     return module.clone(axis_name=None).init(rng, uv, pids, upsample2x_bilinear(uv))
 
-  args = (rng, batch['uv'][:1], batch['pids'][:1])
-  return jax.eval_shape(init, *args) if abstract else jax.jit(init)(*args)
+  if abstract:  # batch may hold jax.ShapeDtypeStruct
+    one = lambda x: jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype)
+    return jax.eval_shape(init, rng, one(batch['uv']), one(batch['pids']))
+  return jax.jit(init)(rng, batch['uv'][:1], batch['pids'][:1])
 
 
 def make_train_state(module: nn.Module, variables: Mapping, learning_rate: float, stage: str = 'layers',
@@ -77,13 +81,17 @@ def create_train_state(rng: jax.Array, module: nn.Module, batch: Batch, learning
   return make_train_state(module, init_variables(rng, module, batch), learning_rate, stage)
 
 
-def replicate(tree: Any) -> Any:
-  """One copy per local device, laid out for pmap, broadcast on the host (no per-leaf device op)."""
-  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('devices',))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('devices'))
-  count = jax.local_device_count()
+def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
+  """One copy per local device (or per given device), laid out for pmap, broadcast on the host.
+
+  The layout is the one pmap gives the outputs of a step with axis name AXIS, so
+  feeding a step its own output does not compile it a second time.
+  """
+  devices = list(devices or jax.local_devices())
+  mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
   return jax.tree_util.tree_map(
-      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (count,) + np.shape(x)), sharding), tree)
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), sharding), tree)
 
 
 def first_replica(tree: Any) -> Any:
@@ -286,7 +294,7 @@ def train_and_evaluate(config: Config, workdir: str) -> TrainState:
     state, state_stage = make_train_state(module, variables, config.lr), 'layers'
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  frames_on_devices = replicate({k: frames[k] for k in ('rgb', 'rgb_hr', 'uv', 'pids', 'trimap')})
+  frames_on_devices = replicate({k: frames[k] for k in DEVICE_FRAMES})
   visual_frames = {k: frames[k][:min(4, num_frames)] for k in ('uv', 'pids', 'rgb')}
   upsample_epochs = config.n_epochs_upsample if config.do_upsampling else 0
   stage_epochs = {'layers': (1, config.n_epochs),
@@ -339,11 +347,11 @@ def _train_stage(config, workdir, module, stage, first, last, state, progress, f
   hooks = [report]
   if config.profile and process_index == 0:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
-  last_log = (time.time(), 0)
+  last_log, memory_checked = (time.time(), 0), False
   step_in_stage = (progress.epoch + 1 - first) * steps_per_epoch if progress.epoch >= first else 0
   for epoch in range(max(first, progress.epoch + 1), last + 1):
     schedule = update_schedule(progress.schedule, epoch, progress.last_mask_loss, config, first)
-    weights = {k: jnp.float32(schedule[k]) for k in ('lambda_alpha_l1', 'lambda_alpha_l0', 'lambda_mask')}
+    weights = {k: jnp.float32(schedule[k]) for k in LOSS_WEIGHT_NAMES}
     indices = input_pipeline.epoch_indices(num_frames, batch_size, config.seed, epoch)
     local = input_pipeline.host_indices(indices, process_index, process_count)
     for i, step_indices in enumerate(local):
@@ -355,6 +363,10 @@ def _train_stage(config, workdir, module, stage, first, last, state, progress, f
                         jnp.float32(schedule['jitter_rgb']))
       else:
         batch = p_batch(step_rng, frames_on_devices, device_indices, 0.)
+      if not memory_checked:  # compiled ahead of the first step (p_step reuses it) to check its memory
+        _warn_if_too_large(config, stage, p_step.lower(state, batch, weights).compile(), frames_on_devices,
+                           module.n_textures, batch_size // devices)
+        memory_checked = True
       state, terms = p_step(state, batch, weights)
       step_in_stage += 1
       for hook in hooks:
@@ -378,6 +390,21 @@ def _train_stage(config, workdir, module, stage, first, last, state, progress, f
     if epoch % config.checkpoint_every_epochs == 0 or epoch == last:
       _save(manager, state, progress)
   return state, progress
+
+
+def _warn_if_too_large(config, stage: str, compiled, frames_on_devices, n_textures: int,
+                       per_device_batch: int) -> None:
+  """Logs a warning with the largest batch that fits when XLA's figures exceed a device's memory."""
+  from layered_jax import memory
+  limit = memory.device_memory()
+  video = sum(x.nbytes for x in jax.tree_util.tree_leaves(frames_on_devices)) // jax.local_device_count()
+  if limit is None or memory.compiled_bytes(compiled) + video <= memory.USABLE * limit:
+    return
+  num_frames, num_layers, height, width = frames_on_devices['uv'].shape[1:5]
+  plan = memory.plan_stage(config, stage, num_frames, n_textures, num_layers, width, height, per_device_batch)
+  option = 'batch_size' if stage == 'layers' else 'batch_size_upsample'
+  logging.warning(memory.too_large_message(plan, limit, option, jax.device_count())
+                  or f'the {stage} stage may not fit in {limit / 2 ** 30:.2f} GiB per device')
 
 
 def _stop_if_not_finite(scalars: Mapping[str, float], epoch: int, manager, workdir: str) -> None:

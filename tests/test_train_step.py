@@ -1,4 +1,9 @@
-"""The low-resolution train step learns, and the benchmark runs both frameworks."""
+"""The low-resolution train step learns; the benchmarks run (frameworks, device counts)."""
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -7,6 +12,7 @@ from benchmarks import train_step as benchmark
 from layered_jax import train
 from layered_jax.models import LayeredNeuralRenderer
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS = {'lambda_alpha_l1': 0.01, 'lambda_alpha_l0': 0.005, 'lambda_mask': 50.}
 
 
@@ -39,20 +45,32 @@ def test_benchmark_reports_both_frameworks(capsys):
   assert '"jax_fps"' in capsys.readouterr().out
 
 
-def test_models_train_step_and_benchmarks_import_without_tf_tfds_clu_ml_collections():
+def test_scaling_benchmark_runs_one_to_four_devices():
+  out = subprocess.run([sys.executable, '-m', 'benchmarks.scaling', '--fake_cpu_devices=4', '--devices', '1', '2', '4',
+                        '--height=64', '--width=128', '--num_filters=8', '--layers=2', '--steps=1', '--json'],
+                       cwd=REPO, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  rows = [json.loads(line) for line in out.stdout.splitlines()]
+  assert [(r['devices'], r['global_batch']) for r in rows] == [(1, 1), (2, 2), (4, 4)]
+  assert all(r['steps_per_sec'] > 0 and np.isclose(r['frames_per_sec'], r['steps_per_sec'] * r['devices'])
+             for r in rows)
+  assert rows[0]['efficiency'] == 1.
+  too_many = subprocess.run([sys.executable, '-m', 'benchmarks.scaling', '--fake_cpu_devices=2', '--devices', '4'],
+                            cwd=REPO, capture_output=True, text=True)
+  assert too_many.returncode != 0 and '4 devices asked for, this machine has 2' in too_many.stderr
+
+
+def test_models_train_step_planner_and_benchmarks_import_without_tf_tfds_clu_ml_collections_cv2():
   """The GPU images have jax, flax, optax and orbax but none of these (brief: keep them importable)."""
-  import subprocess
-  import sys
   script = '''
 import importlib.machinery, sys
 find = importlib.machinery.PathFinder.find_spec
-hidden = ('tensorflow', 'tensorflow_datasets', 'clu', 'ml_collections')
+hidden = ('tensorflow', 'tensorflow_datasets', 'clu', 'ml_collections', 'cv2')
 importlib.machinery.PathFinder.find_spec = classmethod(
     lambda cls, name, path=None, target=None: None if name.split('.')[0] in hidden else find(name, path, target))
-import benchmarks.train_step, layered_jax.train, layered_jax.models, layered_jax.losses, layered_jax.input_pipeline
+import benchmarks.train_step, benchmarks.scaling, layered_jax.train, layered_jax.models, layered_jax.losses
+import layered_jax.input_pipeline, layered_jax.memory
 assert not [m for m in hidden if m in sys.modules]
 '''
-  import os
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run([sys.executable, '-c', script], cwd=repo, capture_output=True, text=True)
+  result = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-2000:]

@@ -1,0 +1,92 @@
+"""Train-step throughput against the number of devices, at a fixed batch per device (weak scaling).
+
+  python -m benchmarks.scaling                           # every power of two up to this machine's devices
+  python -m benchmarks.scaling --devices 1 2 4 8 --json
+  python -m benchmarks.scaling --fake_cpu_devices=4 --height=64 --width=128 --num_filters=8
+
+Runs the pmapped low-resolution train step (forward, backward, cross-device
+means of gradients and BatchNorm statistics, Adam) on the first N local
+devices. Efficiency is frames/s over N times the first row's frames/s per device. Fake CPU
+devices share the machine's cores, so they exercise the code path, not speed.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _parse(argv):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--devices', type=int, nargs='+', help='device counts (default: powers of two up to all)')
+  parser.add_argument('--per_device_batch', type=int, default=1)
+  parser.add_argument('--layers', type=int, default=3, help='layers per frame, background included')
+  parser.add_argument('--height', type=int, default=256)
+  parser.add_argument('--width', type=int, default=448)
+  parser.add_argument('--num_filters', type=int, default=64)
+  parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  parser.add_argument('--steps', type=int, default=5, help='timed steps after one warm-up step')
+  parser.add_argument('--fake_cpu_devices', type=int, default=0, help='run on this many CPU devices instead')
+  parser.add_argument('--json', action='store_true', help='one JSON object per device count')
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = _parse(argv)
+  if args.fake_cpu_devices:  # must precede the first import of jax
+    os.environ['JAX_PLATFORMS'] = 'cpu'
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                               + f' --xla_force_host_platform_device_count={args.fake_cpu_devices}')
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from benchmarks.train_step import LOSS_WEIGHTS, random_batch
+  from layered_jax import train
+  from layered_jax.models import LayeredNeuralRenderer
+
+  available = jax.local_devices()
+  counts = args.devices or [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= len(available)]
+  if max(counts) > len(available):
+    raise SystemExit(f'error: {max(counts)} devices asked for, this machine has {len(available)} '
+                     f'({available[0].device_kind}); use --fake_cpu_devices to try more on a CPU')
+  batch = random_batch(np.random.default_rng(0), args.per_device_batch, args.layers, args.height, args.width)
+  module = LayeredNeuralRenderer(n_textures=24 * (args.layers - 1) + 1, num_filters=args.num_filters,
+                                 axis_name=train.AXIS, dtype=jnp.dtype(args.dtype))
+  state = train.create_train_state(jax.random.PRNGKey(0), module, batch, 1e-3)
+  weights = {k: jnp.float32(v) for k, v in LOSS_WEIGHTS.items()}
+  if not args.json:
+    print(f'{available[0].device_kind} ({jax.default_backend()}), {args.height}x{args.width}, {args.layers} layers, '
+          f'nf={args.num_filters}, {args.dtype}, {args.per_device_batch} frames per device')
+    print(f'{"devices":>7} {"global batch":>12} {"steps/s":>8} {"frames/s":>9} {"efficiency":>10}')
+  rows, per_device = [], None
+  for count in counts:
+    devices = available[:count]
+    step = jax.pmap(lambda s, b, w: train.train_step(s, b, w, train.AXIS), axis_name=train.AXIS,
+                    in_axes=(0, 0, None), donate_argnums=(0,), devices=devices)
+    replicated, device_batch = train.replicate(state, devices), train.replicate(batch, devices)
+    replicated, terms = step(replicated, device_batch, weights)  # compile and warm up
+    jax.block_until_ready(terms)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      replicated, terms = step(replicated, device_batch, weights)
+    jax.block_until_ready(terms)
+    steps_per_sec = args.steps / (time.perf_counter() - start)
+    frames_per_sec = steps_per_sec * args.per_device_batch * count
+    per_device = per_device or frames_per_sec / count  # of the first (smallest) count
+    row = {'devices': count, 'device_kind': available[0].device_kind, 'global_batch': args.per_device_batch * count,
+           'steps_per_sec': steps_per_sec, 'frames_per_sec': frames_per_sec,
+           'efficiency': frames_per_sec / (count * per_device), 'height': args.height, 'width': args.width,
+           'layers': args.layers, 'dtype': args.dtype}
+    rows.append(row)
+    if args.json:
+      print(json.dumps(row), flush=True)
+    else:
+      print(f'{count:>7} {row["global_batch"]:>12} {steps_per_sec:>8.3f} {frames_per_sec:>9.3f} '
+            f'{row["efficiency"]:>10.2f}', flush=True)
+  return rows
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,216 @@
+"""Accelerator memory per device: what a training stage needs, and the largest batch that fits.
+
+  python -m layered_jax.memory --config=configs/reflection.py --memory_gb=16
+  python -m layered_jax.memory --config=configs/reflection.py --layers=3 --size=448x256 --frames=120
+
+The figures are XLA's own: the stage's train step is compiled for this
+machine's backend at the run's shapes (abstract inputs, nothing is computed)
+and its buffer assignment read: arguments + outputs - donated buffers +
+temporaries. Each device also holds the whole video, since the input pipeline
+keeps every frame on every device. Memory grows linearly with the per-device
+batch, so a second compilation one frame larger gives the growth per frame and
+with it the largest batch that fits. Run it on the kind of machine you will
+train on: a CPU's buffer assignment differs from a GPU's.
+"""
+
+import argparse
+import dataclasses
+import os
+from typing import Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from layered_jax import input_pipeline, train
+
+Config = train.Config
+GIB = 2 ** 30
+# Share of a device's memory a plan may use: on CPU the measured peak runs 11-14% above XLA's figure
+# (allocator and runtime overheads, tests/test_memory.py), and accelerators fragment too.
+USABLE = 0.85
+
+
+def compiled_bytes(compiled) -> int:
+  """Device memory of one call of a compiled XLA program (per device for a pmapped one)."""
+  stats = compiled.memory_analysis()
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+             + stats.temp_size_in_bytes)
+
+
+def frame_shapes(num_frames: int, num_layers: int, width: int, height: int) -> Dict[str, jax.ShapeDtypeStruct]:
+  """The video as input_pipeline.load_dataset returns it (num_layers counts the background)."""
+  return {name: jax.ShapeDtypeStruct((num_frames,) + shape, dtype)
+          for name, (shape, dtype) in input_pipeline.frame_features(num_layers, width, height).items()}
+
+
+def video_bytes(frames: Dict[str, jax.ShapeDtypeStruct]) -> int:
+  """What the training loop puts on every device: all frames' inputs and targets."""
+  return sum(int(np.prod(frames[k].shape)) * np.dtype(frames[k].dtype).itemsize for k in train.DEVICE_FRAMES)
+
+
+def _abstract_batch(config: Config, stage: str, frames, per_device_batch: int):
+  indices = jax.ShapeDtypeStruct((per_device_batch,), jnp.int32)
+  key = jax.eval_shape(jax.random.PRNGKey, 0)
+  if stage == 'layers':
+    keys = jax.eval_shape(lambda k: jax.random.split(k, per_device_batch), key)
+    return jax.eval_shape(input_pipeline.make_batch_fn(), keys, frames, indices, jnp.float32(0))
+  return jax.eval_shape(lambda r, f, i: input_pipeline.upsampling_batch_fn(r, f, i, config.crop_size),
+                        key, frames, indices)
+
+
+def step_bytes(config: Config, stage: str, n_textures: int, num_layers: int, width: int, height: int,
+               per_device_batch: int) -> int:
+  """Device memory of one train step of `stage` at a per-device batch, video excluded."""
+  frames = frame_shapes(max(per_device_batch, 1), num_layers, width, height)
+  batch = _abstract_batch(config, stage, frames, per_device_batch)
+  module = train.make_module(config, n_textures)
+  state = train.create_train_state(jax.random.PRNGKey(0), module, batch, config.lr, stage, abstract=True)
+  if stage == 'layers':
+    weights = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in train.LOSS_WEIGHT_NAMES}
+    lowered = jax.jit(train.train_step, donate_argnums=0).lower(state, batch, weights)
+  else:
+    lowered = jax.jit(train.upsample_train_step, donate_argnums=0).lower(state, batch)
+  return compiled_bytes(lowered.compile())
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+  """Memory of one stage on one device, in bytes."""
+  stage: str
+  per_device_batch: int
+  step: int  # the train step at per_device_batch: state, gradients, batch, activations
+  per_frame: int  # growth of `step` per extra frame in the per-device batch
+  video: int  # the frames kept on every device
+
+  def total(self, per_device_batch: Optional[int] = None) -> int:
+    extra = 0 if per_device_batch is None else per_device_batch - self.per_device_batch
+    return self.step + extra * self.per_frame + self.video
+
+  def largest_batch(self, limit: int) -> int:
+    """The largest per-device batch whose total fits in a device of `limit` bytes (0: not even one frame)."""
+    room = int(USABLE * limit) - self.total(0)
+    return max(0, room // self.per_frame) if self.per_frame > 0 else 0
+
+
+def plan_stage(config: Config, stage: str, num_frames: int, n_textures: int, num_layers: int, width: int,
+               height: int, per_device_batch: int) -> StagePlan:
+  """Two compilations of the stage's step (at the batch and one frame more)."""
+  sizes = [step_bytes(config, stage, n_textures, num_layers, width, height, b)
+           for b in (per_device_batch, per_device_batch + 1)]
+  video = video_bytes(frame_shapes(num_frames, num_layers, width, height))
+  return StagePlan(stage, per_device_batch, sizes[0], sizes[1] - sizes[0], video)
+
+
+def device_memory(device: Optional[jax.Device] = None) -> Optional[int]:
+  """Bytes one device can hold: the accelerator's limit, or on CPU the machine's RAM over its local devices."""
+  device = device or jax.local_devices()[0]
+  stats = device.memory_stats()
+  if stats and stats.get('bytes_limit'):
+    return int(stats['bytes_limit'])
+  if device.platform == 'cpu':
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // jax.local_device_count()
+  return None
+
+
+def too_large_message(plan: StagePlan, limit: int, batch_option: str, devices: int) -> Optional[str]:
+  """None when the stage fits; else what it needs and what to change."""
+  needed = plan.total()
+  if needed <= USABLE * limit:
+    return None
+  largest = plan.largest_batch(limit)
+  fix = (f'lower --config.{batch_option} to {largest * devices} or less (global, over {devices} devices)'
+         if largest else 'not even one frame per device fits: use a smaller video or bfloat16')
+  return (f'the {plan.stage} stage needs about {needed / GIB:.2f} GiB per device at {plan.per_device_batch} '
+          f'frames per device (train step {plan.step / GIB:.2f} GiB, video {plan.video / GIB:.2f} GiB), '
+          f'and a device holds {limit / GIB:.2f} GiB (plans keep {1 - USABLE:.0%} free); {fix}, add devices, '
+          'or use --config.dtype=bfloat16.')
+
+
+def _table(plans, limit: Optional[int]) -> str:
+  rows = [('stage', 'batch/device', 'train step', 'per frame', 'video', 'total',
+           'largest batch/device' if limit else '')]
+  for p in plans:
+    rows.append((p.stage, str(p.per_device_batch), f'{p.step / GIB:.2f} GiB', f'{p.per_frame / GIB:.3f} GiB',
+                 f'{p.video / GIB:.2f} GiB', f'{p.total() / GIB:.2f} GiB',
+                 str(p.largest_batch(limit)) if limit else ''))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  return '\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _video_shape(config: Config, args) -> Dict[str, int]:
+  """num_frames, num_layers, n_textures, width, height: from the flags, else the config's video folder."""
+  shape = {}
+  if config.dataroot and os.path.isdir(config.dataroot):
+    from data_prep import video_folder
+    video = video_folder.read_video_folder(config.dataroot)
+    shape = {'num_frames': len(video.frame_names), 'num_layers': 1 + len(video.layer_ids),
+             'n_textures': video.n_textures, 'width': video.size_lr[0], 'height': video.size_lr[1]}
+  if args.frames:
+    shape['num_frames'] = args.frames
+  if args.layers:
+    shape['num_layers'] = args.layers + 1
+    shape['n_textures'] = 24 * args.layers + 1
+  if args.size:
+    shape['width'], shape['height'] = args.size
+  missing = [k for k in ('num_frames', 'num_layers', 'width', 'height') if k not in shape]
+  if missing:
+    raise SystemExit(f'error: config.dataroot {config.dataroot!r} is not a video folder; '
+                     'give --frames, --layers and --size')
+  return shape
+
+
+def main(argv=None):
+  from data_prep.frames import parse_size
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--config', required=True, help='a configs/*.py file')
+  parser.add_argument('--dataroot', help='the video folder (default: the config\'s)')
+  parser.add_argument('--layers', type=int, help='person layers (the background is added); default: the video\'s')
+  parser.add_argument('--size', type=parse_size, help='low-res WxH; default: the video\'s')
+  parser.add_argument('--frames', type=int, help='frames in the video; default: the video\'s')
+  parser.add_argument('--devices', type=int, default=None, help='devices the global batch splits over; '
+                      'default: this machine\'s')
+  parser.add_argument('--memory_gb', type=float, default=None, help='memory per device in GiB; '
+                      'default: this machine\'s device')
+  parser.add_argument('--batch_size', type=int, help='global batch of the layers stage (default: the config\'s)')
+  parser.add_argument('--batch_size_upsample', type=int, help='global batch of the upsampling stage')
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), help='compute dtype (default: the config\'s)')
+  args = parser.parse_args(argv)
+  config = _load_config(args.config)
+  for name in ('dataroot', 'batch_size', 'batch_size_upsample', 'dtype'):
+    if getattr(args, name) is not None:
+      config[name] = getattr(args, name)
+  shape = _video_shape(config, args)
+  devices = args.devices or jax.device_count()
+  limit = int(args.memory_gb * GIB) if args.memory_gb else device_memory()
+  stages = [('layers', config.batch_size)] + ([('upsample', config.batch_size_upsample)]
+                                               if config.do_upsampling else [])
+  print(f'{shape["num_frames"]} frames of {shape["width"]}x{shape["height"]}, {shape["num_layers"]} layers '
+        f'(background included), nf={config.num_filters}, {config.dtype}, {devices} devices, '
+        f'{jax.default_backend()} buffer assignment; compiling...', flush=True)
+  plans = []
+  for stage, batch in stages:
+    if batch % devices:
+      raise SystemExit(f'error: a global batch of {batch} does not split over {devices} devices')
+    plans.append(plan_stage(config, stage, shape['num_frames'], shape['n_textures'], shape['num_layers'],
+                            shape['width'], shape['height'], batch // devices))
+  print(_table(plans, limit))
+  if limit:
+    for plan, (stage, _) in zip(plans, stages):
+      message = too_large_message(plan, limit, 'batch_size' if stage == 'layers' else 'batch_size_upsample',
+                                  devices)
+      print(f'warning: {message}' if message else f'{stage}: fits in {limit / GIB:.2f} GiB per device')
+
+
+def _load_config(path: str) -> Config:
+  import importlib.util
+  if not os.path.isfile(path):
+    raise SystemExit(f'error: no config file {path}')
+  spec = importlib.util.spec_from_file_location('layered_jax_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+if __name__ == '__main__':
+  main()
