@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MIN_ALPHA_IOU = 0.35  # measured 0.46 and 0.57 on 2026-11-21
+MIN_ALPHA_IOU = 0.3  # measured 0.40 and 0.67 on 2026-11-21
+MIN_SHADOW_RECALL = 0.3  # measured 0.49 and 0.82
 
 
-def test_demo_trains_exports_and_separates_each_person(tmp_path):
+def test_demo_trains_exports_and_puts_each_person_and_shadow_in_its_layer(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'layered_jax.main', '--config=configs/demo.py', f'--workdir={tmp_path / "demo"}',
        f'--config.dataroot={tmp_path / "video"}'], cwd=REPO, capture_output=True, text=True)
@@ -21,5 +22,5 @@ def test_demo_trains_exports_and_separates_each_person(tmp_path):
       r'layer (\d+) against the ground truth: alpha IoU ([\d.]+), shadow recall ([\d.]+)', result.stdout)}
   assert set(scores) == {'01', '02'}, result.stdout[-2000:]
   print('demo scores (alpha IoU, shadow recall):', scores)
-  for layer, (iou, _) in scores.items():
-    assert iou >= MIN_ALPHA_IOU, (layer, scores)
+  for layer, (iou, recall) in scores.items():
+    assert iou >= MIN_ALPHA_IOU and recall >= MIN_SHADOW_RECALL, (layer, scores)
