@@ -6,7 +6,10 @@
 
 Both sides run the reference network (nf=64, 16-channel texture, 24 textures
 per person) at batch 1 on the same random inputs. FLOPs per step come from
-XLA's cost analysis (the spec quotes 148 GFLOP per frame at 2 layers).
+XLA's cost analysis (the spec quotes 148 GFLOP per frame at 2 layers). The
+JSON also holds the memory planner's figure for the JAX step (XLA's buffer
+assignment) and, on accelerators, the device's measured peak, to check one
+against the other.
 """
 
 import argparse
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from layered_jax import train  # noqa: E402
+from layered_jax import memory, train  # noqa: E402
 from layered_jax.models import LayeredNeuralRenderer  # noqa: E402
 
 LOSS_WEIGHTS = {'lambda_alpha_l1': 0.01, 'lambda_alpha_l0': 0.005, 'lambda_mask': 50.}
@@ -50,13 +53,15 @@ def time_jax(batch, num_filters: int, dtype: str, steps: int):
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', 0.)) if cost else 0.
+  planned_bytes = memory.compiled_bytes(compiled)
   state, terms = step(state, batch, weights)  # warm-up
   jax.block_until_ready(terms)
   start = time.perf_counter()
   for _ in range(steps):
     state, terms = step(state, batch, weights)
   jax.block_until_ready(terms)
-  return (time.perf_counter() - start) / steps, flops
+  stats = jax.devices()[0].memory_stats() or {}
+  return (time.perf_counter() - start) / steps, flops, planned_bytes, stats.get('peak_bytes_in_use')
 
 
 def time_torch(batch, num_filters: int, steps: int):
@@ -110,13 +115,15 @@ def main(argv=None):
   rows = []
   for num_layers in args.layers:
     batch = random_batch(np.random.default_rng(0), 1, num_layers, args.height, args.width)
-    jax_seconds, flops = time_jax(batch, args.num_filters, args.dtype, args.steps)
+    jax_seconds, flops, planned_bytes, peak_bytes = time_jax(batch, args.num_filters, args.dtype, args.steps)
     torch_seconds = None if args.skip_torch else time_torch(batch, args.num_filters, args.steps)
     row = {'layers': num_layers, 'height': args.height, 'width': args.width, 'dtype': args.dtype,
            'device': device.device_kind, 'jax_fps': 1 / jax_seconds,
            'torch_fps': None if torch_seconds is None else 1 / torch_seconds,
            'ratio': None if torch_seconds is None else torch_seconds / jax_seconds,
-           'gflop_per_frame': flops / 1e9, 'tflops': flops / jax_seconds / 1e12}
+           'gflop_per_frame': flops / 1e9, 'tflops': flops / jax_seconds / 1e12,
+           'planned_memory_gib': planned_bytes / 2 ** 30,
+           'peak_memory_gib': None if peak_bytes is None else peak_bytes / 2 ** 30}
     if peaks:
       row['fraction_of_bf16_peak'] = row['tflops'] / peaks[0]
       row['fraction_of_fp32_peak'] = row['tflops'] / peaks[1]

@@ -42,6 +42,7 @@ def test_benchmark_reports_both_frameworks(capsys):
   assert np.isclose(row['ratio'], row['jax_fps'] / row['torch_fps'])
   # XLA's count for nf=8 at 64x128 is far below the 148 GFLOP of the full-size step, and not zero.
   assert 0.05 < row['gflop_per_frame'] < 5
+  assert row['planned_memory_gib'] > 0 and row['peak_memory_gib'] is None  # CPU devices report no peak
   assert '"jax_fps"' in capsys.readouterr().out
 
 
