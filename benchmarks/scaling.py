@@ -63,8 +63,8 @@ def main(argv=None):
   rows, per_device = [], None
   for count in counts:
     devices = available[:count]
-    step = jax.pmap(lambda s, b, w: train.train_step(s, b, w, train.AXIS), axis_name=train.AXIS,
-                    in_axes=(0, 0, None), donate_argnums=(0,), devices=devices)
+    step = jax.pmap(train.stage_step('layers', train.AXIS), axis_name=train.AXIS, in_axes=(0, 0, None),
+                    donate_argnums=(0,), devices=devices)
     replicated, device_batch = train.replicate(state, devices), train.replicate(batch, devices)
     replicated, terms = step(replicated, device_batch, weights)  # compile and warm up
     jax.block_until_ready(terms)

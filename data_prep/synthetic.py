@@ -253,9 +253,7 @@ def make_scene(people: int, frames: int, width: int, height: int, camera_pan: fl
 
 def _write_png(path: str, image: np.ndarray) -> None:
   """float [0, 1] RGB(A) or uint8 RGB(A) -> PNG."""
-  if image.dtype != np.uint8:
-    image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
-  files.write_png(path, image)
+  files.write_png(path, image if image.dtype == np.uint8 else files.to_uint8(image))
 
 
 def generate(out_dir: str, people: int = 2, frames: int = 48, size: Tuple[int, int] = (224, 128),

@@ -9,18 +9,16 @@ import json
 import os
 from typing import Dict
 
-import cv2
 import numpy as np
+
+from layered_jax import files
 
 ALPHA_ON = 0.5  # exported alpha above this counts as covered, for the IoU
 SHADOW_ON = 0.2  # a shadow is semi-transparent: a lower bar for the recall
 
 
 def _alpha(path: str) -> np.ndarray:
-  image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-  if image is None or image.ndim != 3 or image.shape[2] != 4:
-    raise FileNotFoundError(f'{path} is missing or not an RGBA PNG')
-  return image[..., 3] / 255.
+  return files.read_rgba(path)[..., 3]
 
 
 def layer_scores(export_dir: str, video_dir: str) -> Dict[str, Dict[str, float]]:

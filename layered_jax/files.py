@@ -1,4 +1,4 @@
-"""Writing outputs so that a failure never leaves anything half-written."""
+"""Image and video files: PNG and mp4 in and out, and staging so a failure leaves nothing half-written."""
 
 import contextlib
 import os
@@ -26,6 +26,19 @@ def staged_directory(final: str, overwrite: bool = False) -> Iterator[str]:
     os.rename(staging, final)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  """Float [0, 1] -> uint8, rounded to the nearest level."""
+  return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+
+
+def read_rgba(path: str) -> np.ndarray:
+  """An RGBA PNG as float32 [H, W, 4] in [0, 1]; the error names the file when it is missing or has no alpha."""
+  image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+  if image is None or image.ndim != 3 or image.shape[2] != 4:
+    raise FileNotFoundError(f'{path} is missing or not an RGBA PNG')
+  return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA).astype(np.float32) / 255.
 
 
 def write_png(path: str, image: np.ndarray) -> None:

@@ -66,12 +66,8 @@ def step_bytes(config: Config, stage: str, n_textures: int, num_layers: int, wid
   batch = _abstract_batch(config, stage, frames, per_device_batch)
   module = train.make_module(config, n_textures)
   state = train.create_train_state(jax.random.PRNGKey(0), module, batch, config.lr, stage, abstract=True)
-  if stage == 'layers':
-    weights = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in train.LOSS_WEIGHT_NAMES}
-    lowered = jax.jit(train.train_step, donate_argnums=0).lower(state, batch, weights)
-  else:
-    lowered = jax.jit(train.upsample_train_step, donate_argnums=0).lower(state, batch)
-  return compiled_bytes(lowered.compile())
+  weights = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in train.LOSS_WEIGHT_NAMES}
+  return compiled_bytes(jax.jit(train.stage_step(stage), donate_argnums=0).lower(state, batch, weights).compile())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,23 +179,22 @@ def main(argv=None):
   shape = _video_shape(config, args)
   devices = args.devices or jax.device_count()
   limit = int(args.memory_gb * GIB) if args.memory_gb else device_memory()
-  stages = [('layers', config.batch_size)] + ([('upsample', config.batch_size_upsample)]
-                                               if config.do_upsampling else [])
+  stages = train.STAGES if config.do_upsampling else train.STAGES[:1]
   print(f'{shape["num_frames"]} frames of {shape["width"]}x{shape["height"]}, {shape["num_layers"]} layers '
         f'(background included), nf={config.num_filters}, {config.dtype}, {devices} devices, '
         f'{jax.default_backend()} buffer assignment; compiling...', flush=True)
   plans = []
-  for stage, batch in stages:
+  for stage in stages:
+    batch = config[train.BATCH_SIZE_OPTION[stage]]
     if batch % devices:
       raise SystemExit(f'error: a global batch of {batch} does not split over {devices} devices')
     plans.append(plan_stage(config, stage, shape['num_frames'], shape['n_textures'], shape['num_layers'],
                             shape['width'], shape['height'], batch // devices))
   print(_table(plans, limit))
   if limit:
-    for plan, (stage, _) in zip(plans, stages):
-      message = too_large_message(plan, limit, 'batch_size' if stage == 'layers' else 'batch_size_upsample',
-                                  devices)
-      print(f'warning: {message}' if message else f'{stage}: fits in {limit / GIB:.2f} GiB per device')
+    for plan in plans:
+      message = too_large_message(plan, limit, train.BATCH_SIZE_OPTION[plan.stage], devices)
+      print(f'warning: {message}' if message else f'{plan.stage}: fits in {limit / GIB:.2f} GiB per device')
 
 
 def _load_config(path: str) -> Config:

@@ -30,7 +30,6 @@ import json
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
 from layered_jax import files
@@ -58,11 +57,7 @@ class LayerVideo:
 
   def read(self, layer: int, index: int) -> np.ndarray:
     """RGBA float in [0, 1] of one layer's frame."""
-    path = os.path.join(self.root, 'layers', f'{layer:02d}', self.frames[index])
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None or image.ndim != 3 or image.shape[2] != 4:
-      raise FileNotFoundError(f'{path} is missing or not an RGBA PNG')
-    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA).astype(np.float32) / 255.
+    return files.read_rgba(os.path.join(self.root, 'layers', f'{layer:02d}', self.frames[index]))
 
 
 def load_layers(export_dir: str) -> LayerVideo:
@@ -206,10 +201,6 @@ def render_frame(video: LayerVideo, plan: Plan, f: int, cache: Dict) -> np.ndarr
   return np.asarray(composite(layers))[0, ..., :3] * 0.5 + 0.5
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-  return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
-
-
 def retime(export_dir: str, spec: Mapping, output: str, overwrite: bool = False) -> str:
   """Renders the re-timed video into `output`; returns it."""
   video = load_layers(export_dir)
@@ -220,12 +211,12 @@ def retime(export_dir: str, spec: Mapping, output: str, overwrite: bool = False)
     os.makedirs(os.path.join(staging, 'frames'))
     frames = []
     for f in range(plan.length):
-      frame = to_uint8(render_frame(video, plan, f, cache))
+      frame = files.to_uint8(render_frame(video, plan, f, cache))
       files.write_png(os.path.join(staging, 'frames', f'{f + 1:04d}.png'), frame)
       frames.append(frame)
     files.write_video(os.path.join(staging, 'retimed.mp4'), frames, video.fps)
     picks = np.linspace(0, plan.length - 1, min(4, plan.length)).round().astype(int)
-    before = [to_uint8(render_frame(video, identity, int(f), cache)) for f in picks]
+    before = [files.to_uint8(render_frame(video, identity, int(f), cache)) for f in picks]
     sheet = np.concatenate([np.concatenate(before, 1), np.concatenate([frames[f] for f in picks], 1)], 0)
     files.write_png(os.path.join(staging, 'contact_sheet.png'), sheet)
   return os.path.abspath(output)

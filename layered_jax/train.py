@@ -28,6 +28,7 @@ Config = Any  # an ml_collections.ConfigDict; not imported, the GPU images lack 
 Batch = Mapping[str, jax.Array]  # uv [B,L,H,W,2], pids [B,L,H,W], trimap [B,L,H,W], rgb [B,H,W,3]
 AXIS = 'batch'
 STAGES = ('layers', 'upsample')
+BATCH_SIZE_OPTION = {'layers': 'batch_size', 'upsample': 'batch_size_upsample'}  # the config field per stage
 DEVICE_FRAMES = ('rgb', 'rgb_hr', 'uv', 'pids', 'trimap')  # what every device holds of the whole video
 LOSS_WEIGHT_NAMES = ('lambda_alpha_l1', 'lambda_alpha_l0', 'lambda_mask')
 
@@ -134,6 +135,13 @@ def upsample_train_step(state: TrainState, batch: Batch, axis_name: Optional[str
   return state.apply_gradients(grads=grads, batch_stats=batch_stats), terms
 
 
+def stage_step(stage: str, axis_name: Optional[str] = None):
+  """A stage's step as f(state, batch, loss_weights); the upsampling stage has no weighted terms."""
+  if stage == 'layers':
+    return lambda state, batch, weights: train_step(state, batch, weights, axis_name)
+  return lambda state, batch, weights: upsample_train_step(state, batch, axis_name)
+
+
 # --- The reference's schedule (spec section 4), in its 1-based epochs. ---
 
 def initial_schedule(config: Config) -> Dict[str, float]:
@@ -225,7 +233,7 @@ def check_config(config: Config) -> None:
     raise ValueError(f'config.dataroot {config.dataroot} does not exist; point it at a video folder '
                      '(see data_prep) or use configs/demo.py for a synthetic one')
   devices = jax.device_count()
-  for name in ('batch_size', 'batch_size_upsample'):
+  for name in BATCH_SIZE_OPTION.values():
     if config[name] % devices:
       raise ValueError(f'config.{name}={config[name]} does not split over {devices} devices; '
                        f'use a multiple of {devices}')
@@ -330,15 +338,12 @@ def _train_stage(config, workdir, module, stage, first, last, state, progress, f
   from clu import periodic_actions
   process_count, process_index = jax.process_count(), jax.process_index()
   devices = jax.local_device_count()
-  batch_size = config.batch_size if stage == 'layers' else config.batch_size_upsample
+  batch_size = config[BATCH_SIZE_OPTION[stage]]
   steps_per_epoch = -(-num_frames // batch_size)
+  p_step = jax.pmap(stage_step(stage, AXIS), axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
   if stage == 'layers':
-    p_step = jax.pmap(lambda s, b, w: train_step(s, b, w, AXIS), axis_name=AXIS, in_axes=(0, 0, None),
-                      donate_argnums=(0,))
     p_batch = jax.pmap(input_pipeline.make_batch_fn(scale_jitter=True), in_axes=(0, 0, 0, None))
   else:
-    p_step = jax.pmap(lambda s, b, w: upsample_train_step(s, b, AXIS), axis_name=AXIS, in_axes=(0, 0, None),
-                      donate_argnums=(0,))
     p_batch = jax.pmap(lambda rng, f, idx, jitter: input_pipeline.upsampling_batch_fn(rng, f, idx, config.crop_size),
                        in_axes=(None, 0, 0, None))
   total_steps = (last - first + 1) * steps_per_epoch
@@ -402,8 +407,7 @@ def _warn_if_too_large(config, stage: str, compiled, frames_on_devices, n_textur
     return
   num_frames, num_layers, height, width = frames_on_devices['uv'].shape[1:5]
   plan = memory.plan_stage(config, stage, num_frames, n_textures, num_layers, width, height, per_device_batch)
-  option = 'batch_size' if stage == 'layers' else 'batch_size_upsample'
-  logging.warning(memory.too_large_message(plan, limit, option, jax.device_count())
+  logging.warning(memory.too_large_message(plan, limit, BATCH_SIZE_OPTION[stage], jax.device_count())
                   or f'the {stage} stage may not fit in {limit / 2 ** 30:.2f} GiB per device')
 
 

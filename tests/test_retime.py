@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from data_prep import synthetic
-from layered_jax import retime
-from layered_jax.files import write_png
+from layered_jax import files, retime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES, WIDTH = 10, 24
@@ -52,7 +51,7 @@ def test_identity_spec_reproduces_the_composite_of_the_layers(walk, tmp_path):
       layer = video.read(k, i)
       comp = layer[..., :3] * layer[..., 3:] + comp * (1 - layer[..., 3:])
     got = cv2.cvtColor(cv2.imread(os.path.join(out, 'frames', name)), cv2.COLOR_BGR2RGB)
-    assert np.abs(got.astype(int) - retime.to_uint8(comp).astype(int)).max() <= 1
+    assert np.abs(got.astype(int) - files.to_uint8(comp).astype(int)).max() <= 1
     original = cv2.cvtColor(cv2.imread(os.path.join(walk, 'rgb_256', name)), cv2.COLOR_BGR2RGB)
     assert np.abs(got.astype(int) - original.astype(int)).max() <= 2
 
@@ -69,7 +68,7 @@ def columns(tmp_path):
         image[..., 3] = 255
       else:
         image[:, i, :3], image[:, i, 3] = COLORS[k], 255
-      write_png(str(root / 'layers' / f'{k:02d}' / f'{i + 1:04d}.png'), image)
+      files.write_png(str(root / 'layers' / f'{k:02d}' / f'{i + 1:04d}.png'), image)
   json.dump({'fps': 10, 'size': [WIDTH, 4], 'layer_ids': [0, 1, 2], 'frames': [f'{i + 1:04d}.png' for i in range(FRAMES)],
              'composite_order': [[1, 2]] * FRAMES}, open(root / 'layers.json', 'w'))
   return str(root)
@@ -78,7 +77,7 @@ def columns(tmp_path):
 def _run(columns, spec):
   video = retime.load_layers(columns)
   plan = retime.parse_spec(spec, video)
-  return [retime.to_uint8(retime.render_frame(video, plan, f, {})) for f in range(plan.length)]
+  return [files.to_uint8(retime.render_frame(video, plan, f, {})) for f in range(plan.length)]
 
 
 def _where(frame, layer):
