@@ -16,6 +16,9 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from layered_jax import hugepages  # noqa: E402  (imports no jax, so fake devices can still be set up)
+
 
 def _parse(argv):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,7 +44,6 @@ def main(argv=None):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from benchmarks.train_step import LOSS_WEIGHTS, random_batch
   from layered_jax import train
   from layered_jax.models import LayeredNeuralRenderer
@@ -89,4 +91,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  hugepages.restart_with_huge_pages()
   main()

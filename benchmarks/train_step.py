@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from layered_jax import memory, train  # noqa: E402
+from layered_jax import hugepages, memory, train  # noqa: E402
 from layered_jax.models import LayeredNeuralRenderer  # noqa: E402
 
 LOSS_WEIGHTS = {'lambda_alpha_l1': 0.01, 'lambda_alpha_l0': 0.005, 'lambda_mask': 50.}
@@ -141,4 +141,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  hugepages.restart_with_huge_pages()
   main()

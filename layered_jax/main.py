@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from layered_jax import distributed, evaluate, export, train
+from layered_jax import distributed, evaluate, export, hugepages, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard metrics, the dataset and the export go here.')
@@ -55,4 +55,5 @@ def _report(config, out: str) -> None:
 
 
 if __name__ == '__main__':
+  hugepages.restart_with_huge_pages()
   app.run(main)
