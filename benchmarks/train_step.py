@@ -5,7 +5,10 @@
   python -m benchmarks.train_step --dtype=bfloat16 --skip_torch   # accelerators
 
 Both sides run the reference network (nf=64, 16-channel texture, 24 textures
-per person) at batch 1 on the same random inputs. FLOPs per step come from
+per person) at batch 1 on the same random inputs, in one process (so both get
+malloc on huge pages, see layered_jax/hugepages.py), timed in alternating
+rounds whose median counts, so that a shared machine's drifting speed does not
+favour either side. FLOPs per step come from
 XLA's cost analysis (the spec quotes 148 GFLOP per frame at 2 layers). The
 JSON also holds the memory planner's figure for the JAX step (XLA's buffer
 assignment) and, on accelerators, the device's measured peak, to check one
@@ -41,7 +44,8 @@ def random_batch(rng: np.random.Generator, batch_size: int, num_layers: int, hei
   }
 
 
-def time_jax(batch, num_filters: int, dtype: str, steps: int):
+def jax_stepper(batch, num_filters: int, dtype: str):
+  """A blocking JAX train step on `batch`, with XLA's FLOPs and planned bytes for it."""
   num_layers = batch['uv'].shape[1]
   module = LayeredNeuralRenderer(n_textures=24 * (num_layers - 1) + 1, num_filters=num_filters,
                                  dtype=jnp.dtype(dtype))
@@ -53,18 +57,17 @@ def time_jax(batch, num_filters: int, dtype: str, steps: int):
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', 0.)) if cost else 0.
-  planned_bytes = memory.compiled_bytes(compiled)
-  state, terms = step(state, batch, weights)  # warm-up
-  jax.block_until_ready(terms)
-  start = time.perf_counter()
-  for _ in range(steps):
+
+  def run():
+    nonlocal state
     state, terms = step(state, batch, weights)
-  jax.block_until_ready(terms)
-  stats = jax.devices()[0].memory_stats() or {}
-  return (time.perf_counter() - start) / steps, flops, planned_bytes, stats.get('peak_bytes_in_use')
+    jax.block_until_ready(terms)
+
+  return run, flops, memory.compiled_bytes(compiled)
 
 
-def time_torch(batch, num_filters: int, steps: int):
+def torch_stepper(batch, num_filters: int):
+  """A blocking PyTorch train step of the reference definition (tests/torch_reference.py) on `batch`."""
   import torch
   from tests.torch_reference import TorchLNR, reconstruction_losses
   torch.set_num_threads(os.cpu_count() or 1)
@@ -76,21 +79,33 @@ def time_torch(batch, num_filters: int, steps: int):
   pids = torch.from_numpy(batch['pids']).to(device)
   trimap = torch.from_numpy(batch['trimap']).to(device)
   rgb = torch.from_numpy(batch['rgb'].transpose(0, 3, 1, 2).copy()).to(device)
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
 
-  def step():
+  def run():
     optimizer.zero_grad()
     total, *_ = reconstruction_losses(net(uv, pids), rgb, trimap)
     total.backward()
     optimizer.step()
+    sync()
 
-  step()  # warm-up
-  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-  sync()
-  start = time.perf_counter()
-  for _ in range(steps):
-    step()
-  sync()
-  return (time.perf_counter() - start) / steps
+  return run
+
+
+def median_step_seconds(steppers, steps: int, rounds: int):
+  """Median seconds per step of each stepper, timed in alternating rounds of `steps` steps.
+
+  Alternating keeps slow drifts of a shared machine's speed out of the ratio.
+  """
+  for run in steppers:
+    run()  # compile and warm up
+  times = [[] for _ in steppers]
+  for _ in range(rounds):
+    for run, seconds in zip(steppers, times):
+      start = time.perf_counter()
+      for _ in range(steps):
+        run()
+      seconds.append((time.perf_counter() - start) / steps)
+  return [float(np.median(seconds)) for seconds in times]
 
 
 def main(argv=None):
@@ -99,7 +114,8 @@ def main(argv=None):
   parser.add_argument('--height', type=int, default=256)
   parser.add_argument('--width', type=int, default=448)
   parser.add_argument('--num_filters', type=int, default=64)
-  parser.add_argument('--steps', type=int, default=3, help='timed steps after one warm-up step')
+  parser.add_argument('--steps', type=int, default=2, help='timed steps per round')
+  parser.add_argument('--rounds', type=int, default=3, help='alternating JAX/PyTorch rounds; the median round counts')
   parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   parser.add_argument('--skip_torch', action='store_true')
   parser.add_argument('--json', action='store_true', help='one JSON object per configuration')
@@ -115,8 +131,11 @@ def main(argv=None):
   rows = []
   for num_layers in args.layers:
     batch = random_batch(np.random.default_rng(0), 1, num_layers, args.height, args.width)
-    jax_seconds, flops, planned_bytes, peak_bytes = time_jax(batch, args.num_filters, args.dtype, args.steps)
-    torch_seconds = None if args.skip_torch else time_torch(batch, args.num_filters, args.steps)
+    jax_step, flops, planned_bytes = jax_stepper(batch, args.num_filters, args.dtype)
+    steppers = [jax_step] if args.skip_torch else [jax_step, torch_stepper(batch, args.num_filters)]
+    jax_seconds, *torch_seconds = median_step_seconds(steppers, args.steps, args.rounds)
+    torch_seconds = torch_seconds[0] if torch_seconds else None
+    peak_bytes = (device.memory_stats() or {}).get('peak_bytes_in_use')
     row = {'layers': num_layers, 'height': args.height, 'width': args.width, 'dtype': args.dtype,
            'device': device.device_kind, 'jax_fps': 1 / jax_seconds,
            'torch_fps': None if torch_seconds is None else 1 / torch_seconds,

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -44,6 +45,20 @@ def test_benchmark_reports_both_frameworks(capsys):
   assert 0.05 < row['gflop_per_frame'] < 5
   assert row['planned_memory_gib'] > 0 and row['peak_memory_gib'] is None  # CPU devices report no peak
   assert '"jax_fps"' in capsys.readouterr().out
+
+
+def test_benchmark_alternates_rounds_and_takes_the_median():
+  calls = []
+
+  def stepper(name, seconds):
+    def run():
+      calls.append(name)
+      time.sleep(seconds)
+    return run
+
+  fast, slow = benchmark.median_step_seconds([stepper('a', 0.01), stepper('b', 0.03)], steps=2, rounds=3)
+  assert calls == ['a', 'b'] + ['a', 'a', 'b', 'b'] * 3  # warm-up, then alternating rounds
+  assert 0.01 <= fast < 0.025 and 0.03 <= slow < 0.045
 
 
 def test_scaling_benchmark_runs_one_to_four_devices():
