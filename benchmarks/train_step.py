@@ -94,13 +94,14 @@ def torch_stepper(batch, num_filters: int):
 def median_step_seconds(steppers, steps: int, rounds: int):
   """Median seconds per step of each stepper, timed in alternating rounds of `steps` steps.
 
-  Alternating keeps slow drifts of a shared machine's speed out of the ratio.
+  Alternating keeps slow drifts of a shared machine's speed out of the ratio. Each
+  round starts with an untimed step: the first step after the other framework's
+  ran up to 40% slower here.
   """
-  for run in steppers:
-    run()  # compile and warm up
   times = [[] for _ in steppers]
   for _ in range(rounds):
     for run, seconds in zip(steppers, times):
+      run()  # untimed: compiles once, and lets the other framework's threads and memory settle
       start = time.perf_counter()
       for _ in range(steps):
         run()
