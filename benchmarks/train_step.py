@@ -8,9 +8,8 @@ Both sides run the reference network (nf=64, 16-channel texture, 24 textures
 per person) at batch 1 on the same random inputs, in one process (so both get
 malloc on huge pages, see layered_jax/hugepages.py), timed in alternating
 rounds whose median counts, so that a shared machine's drifting speed does not
-favour either side. FLOPs per step come from
-XLA's cost analysis (the spec quotes 148 GFLOP per frame at 2 layers). The
-JSON also holds the memory planner's figure for the JAX step (XLA's buffer
+favour either side. FLOPs per step come from XLA's cost analysis (the spec
+quotes 148 GFLOP per frame at 2 layers). The JSON also holds the memory planner's figure for the JAX step (XLA's buffer
 assignment) and, on accelerators, the device's measured peak, to check one
 against the other.
 """

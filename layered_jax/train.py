@@ -402,10 +402,10 @@ def _warn_if_too_large(config, stage: str, compiled, frames_on_devices, n_textur
   """Logs a warning with the largest batch that fits when XLA's figures exceed a device's memory."""
   from layered_jax import memory
   limit = memory.device_memory()
-  video = sum(x.nbytes for x in jax.tree_util.tree_leaves(frames_on_devices)) // jax.local_device_count()
+  num_frames, num_layers, height, width = frames_on_devices['uv'].shape[1:5]
+  video = memory.video_bytes(memory.frame_shapes(num_frames, num_layers, width, height))
   if limit is None or memory.compiled_bytes(compiled) + video <= memory.USABLE * limit:
     return
-  num_frames, num_layers, height, width = frames_on_devices['uv'].shape[1:5]
   plan = memory.plan_stage(config, stage, num_frames, n_textures, num_layers, width, height, per_device_batch)
   logging.warning(memory.too_large_message(plan, limit, BATCH_SIZE_OPTION[stage], jax.device_count())
                   or f'the {stage} stage may not fit in {limit / 2 ** 30:.2f} GiB per device')
