@@ -15,6 +15,7 @@ against the other.
 """
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -120,6 +121,12 @@ def main(argv=None):
   parser.add_argument('--skip_torch', action='store_true')
   parser.add_argument('--json', action='store_true', help='one JSON object per configuration')
   args = parser.parse_args(argv)
+  if not args.skip_torch:
+    try:  # checked before the JAX step spends minutes compiling and running
+      importlib.import_module('torch')
+    except ImportError:
+      parser.error('PyTorch is not installed (requirements.txt leaves it out): '
+                   'pip install -r requirements-test.txt, or pass --skip_torch to time JAX alone')
 
   device = jax.devices()[0]
   peaks = next((p for name, p in PEAK_TFLOPS.items() if name in device.device_kind), None)

@@ -160,9 +160,13 @@ def state_dict_from_variables(variables: Variables) -> Dict[str, np.ndarray]:
 
 def load_torch(path: str, kind: str) -> Tuple[nn.Module, Variables]:
   """Read a reference .pth checkpoint (needs torch) into (module, variables)."""
-  import torch  # Only the converter needs PyTorch.
   if not os.path.isfile(path):
     raise FileNotFoundError(f'checkpoint {path} does not exist')
+  try:
+    import torch  # Only reading .pth files needs PyTorch; requirements.txt leaves it out.
+  except ImportError:
+    raise ImportError(f'reading {path} needs PyTorch: pip install torch==2.13.0 (the CPU build is enough), '
+                      'or pip install -r requirements-test.txt') from None
   state_dict = torch.load(path, map_location='cpu', weights_only=True)
   if not isinstance(state_dict, Mapping):
     raise ValueError(f'{path} holds a {type(state_dict).__name__}, not a state dict')
@@ -208,7 +212,7 @@ def main(argv=None):
   try:
     module, variables = load_torch(args.checkpoint, args.kind)
     save(args.output, module, variables, overwrite=args.overwrite)
-  except (ValueError, FileNotFoundError, FileExistsError) as error:
+  except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
     parser.exit(2, f'error: {error}\n')
   count = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables['params']))
   print(f'wrote {args.output}: {args.kind}, {count / 1e6:.2f} M parameters')

@@ -117,3 +117,14 @@ def test_wrong_kind_and_missing_file_are_explained(tmp_path):
     convert.load_torch(str(tmp_path / 'nope.pth'), 'lnr')
   with pytest.raises(FileNotFoundError, match='model.json'):
     convert.load(str(tmp_path))
+
+
+def test_command_line_without_pytorch_says_how_to_install_it(lnr_checkpoint, tmp_path, monkeypatch, capsys):
+  _, path = lnr_checkpoint
+  monkeypatch.setitem(sys.modules, 'torch', None)  # makes `import torch` fail
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main(['--kind=lnr', f'--checkpoint={path}', f'--output={tmp_path / "out"}'])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert f'reading {path} needs PyTorch: pip install torch==2.13.0' in err
+  assert not os.path.exists(tmp_path / 'out')

@@ -8,6 +8,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from benchmarks import train_step as benchmark
 from layered_jax import train
@@ -45,6 +46,16 @@ def test_benchmark_reports_both_frameworks(capsys):
   assert 0.05 < row['gflop_per_frame'] < 5
   assert row['planned_memory_gib'] > 0 and row['peak_memory_gib'] is None  # CPU devices report no peak
   assert '"jax_fps"' in capsys.readouterr().out
+
+
+def test_benchmark_without_pytorch_says_how_to_get_it_before_timing_anything(monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, 'torch', None)  # makes `import torch` fail
+  monkeypatch.setattr(benchmark, 'jax_stepper', lambda *a: pytest.fail('timed JAX before the check'))
+  with pytest.raises(SystemExit) as exit_info:
+    benchmark.main(['--layers', '2'])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert 'PyTorch is not installed' in err and '--skip_torch' in err and 'requirements-test.txt' in err
 
 
 def test_benchmark_alternates_rounds_and_takes_the_median():
