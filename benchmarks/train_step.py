@@ -9,9 +9,9 @@ per person) at batch 1 on the same random inputs, in one process (so both get
 malloc on huge pages, see layered_jax/hugepages.py), timed in alternating
 rounds whose median counts, so that a shared machine's drifting speed does not
 favour either side. FLOPs per step come from XLA's cost analysis (the spec
-quotes 148 GFLOP per frame at 2 layers). The JSON also holds the memory planner's figure for the JAX step (XLA's buffer
-assignment) and, on accelerators, the device's measured peak, to check one
-against the other.
+quotes 148 GFLOP per frame at 2 layers). The JSON also holds the memory
+planner's figure for the JAX step (XLA's buffer assignment) and, on
+accelerators, the device's measured peak, to check one against the other.
 """
 
 import argparse
@@ -101,7 +101,7 @@ def median_step_seconds(steppers, steps: int, rounds: int):
   times = [[] for _ in steppers]
   for _ in range(rounds):
     for run, seconds in zip(steppers, times):
-      run()  # untimed: compiles once, and lets the other framework's threads and memory settle
+      run()  # untimed: absorbs first-call setup, lets the other framework's threads and memory settle
       start = time.perf_counter()
       for _ in range(steps):
         run()
