@@ -33,7 +33,7 @@ from layered_jax import files
 _CAPSULES = [
     (6, 8, .035, 16, 0), (8, 10, .03, 20, 0),      # right (far) arm
     (12, 14, .045, 7, 1), (14, 16, .04, 11, 1),    # right (far) leg
-    (5, 12, .0, 2, 2),                             # torso (a quad, see _torso)
+    (5, 11, .09, 2, 2),                            # torso: shoulders to hips
     (0, 0, .065, 23, 3),                           # head (a disc on the nose)
     (11, 13, .045, 8, 4), (13, 15, .04, 12, 4),    # left (near) leg
     (5, 7, .035, 15, 5), (7, 9, .03, 19, 5),       # left (near) arm
@@ -52,11 +52,12 @@ class Walker:
   speed: float  # pixels per frame
   phase: float
   colors: np.ndarray  # [25, 3] per-part base colour in [0, 1]
+  cadence: float = 0.35  # radians of the gait cycle per frame
 
   def joints(self, t: float) -> np.ndarray:
     """[17, 2] joint positions in world low-res pixels at time t."""
     h = self.height
-    swing = 0.45 * np.sin(0.35 * t + self.phase)
+    swing = 0.45 * np.sin(self.cadence * t + self.phase)
     x = self.start_x + self.speed * t
     hip_y = self.ground_y - 0.5 * h
     shoulder_y = self.ground_y - 0.82 * h
@@ -89,28 +90,33 @@ def _segment_coords(px, py, a, b):
   return np.hypot(px - cx, py - cy), t_clamped, across
 
 
+HEAD_PART = 23
+
+
+def body_capsules(walker: Walker, t: float) -> List[Tuple[int, np.ndarray, np.ndarray, float]]:
+  """(DensePose part id, end a, end b, radius) of each capsule at time t, back to front.
+
+  The head is a disc: a segment of length 1e-3 down from the nose.
+  """
+  joints = walker.joints(t)
+  capsules = []
+  for a, b, radius, part_id, _ in sorted(_CAPSULES, key=lambda c: c[4]):
+    end = joints[0] + [0., 1e-3] if part_id == HEAD_PART else joints[b]
+    capsules.append((part_id, joints[a], end, radius * walker.height))
+  return capsules
+
+
 def render_person(walker: Walker, t: float, px: np.ndarray, py: np.ndarray
                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Part ids, U, V and body mask of one person on the pixel grid (px, py in low-res units)."""
-  joints = walker.joints(t)
-  h = walker.height
   part = np.zeros(px.shape, np.int32)
   u = np.zeros(px.shape, np.float32)
   v = np.zeros(px.shape, np.float32)
-  for a, b, radius, part_id, _ in sorted(_CAPSULES, key=lambda c: c[4]):
-    if part_id == 2:  # torso: a wide capsule from the shoulders to the hips
-      dist, along, across = _segment_coords(px, py, joints[5], joints[11])
-      inside = dist <= 0.09 * h
-      width = 0.09 * h
-    elif part_id == 23:
-      dist, along, across = _segment_coords(px, py, joints[0], joints[0] + [0., 1e-3])
-      inside = dist <= radius * h
-      width = radius * h
-      along = np.clip((py - joints[0][1]) / (2 * width) + 0.5, 0, 1)
-    else:
-      dist, along, across = _segment_coords(px, py, joints[a], joints[b])
-      inside = dist <= radius * h
-      width = radius * h
+  for part_id, a, b, width in body_capsules(walker, t):
+    dist, along, across = _segment_coords(px, py, a, b)
+    if part_id == HEAD_PART:
+      along = np.clip((py - a[1]) / (2 * width) + 0.5, 0, 1)
+    inside = dist <= width
     part = np.where(inside, part_id, part)
     u = np.where(inside, along, u)
     v = np.where(inside, np.clip(across / (2 * width) + 0.5, 0, 1), v)
@@ -141,6 +147,9 @@ def shadow_mask(walker: Walker, t: float, px: np.ndarray, py: np.ndarray) -> np.
   return (body & (depth > 0)) | blob
 
 
+BACKGROUND_CLASSES = ('sky', 'wall', 'poster', 'ground')  # class ids 0..3 of background_with_classes
+
+
 def make_background(world_width: int, height: int, rng: np.random.Generator, plain: bool = False) -> np.ndarray:
   """A world (sky, wall, ground) at the given pixel size, in [0, 1].
 
@@ -148,14 +157,21 @@ def make_background(world_width: int, height: int, rng: np.random.Generator, pla
   ground. Plain: smooth bands only, which a small network learns in a few
   minutes, leaving the moving shadows as what is left to explain.
   """
+  return background_with_classes(world_width, height, rng, plain)[0]
+
+
+def background_with_classes(world_width: int, height: int, rng: np.random.Generator, plain: bool = False
+                            ) -> Tuple[np.ndarray, np.ndarray]:
+  """make_background's image and its per-pixel class ids (uint8, BACKGROUND_CLASSES)."""
   y, x = np.mgrid[0:height, 0:world_width] / height
   horizon = 0.62
   sky = np.array([0.55, 0.7, 0.9]) + 0.08 * np.sin(3 * x + 2 * y)[..., None]
   wall_color = rng.uniform(0.45, 0.75, 3)
+  classes = np.where(y < 0.25, 0, np.where(y < horizon, 1, 3)).astype(np.uint8)
   if plain:
     ground = np.array([0.75, 0.7, 0.6]) - 0.1 * (y[..., None] - horizon)
     image = np.where((y < 0.25)[..., None], sky, np.where((y < horizon)[..., None], wall_color, ground))
-    return image.astype(np.float32)
+    return image.astype(np.float32), classes
   bricks = ((np.floor(y * 14) % 2 == 0) ^ (np.floor(x * 7 + 0.5 * (np.floor(y * 14) % 2)) % 2 == 0))
   wall = wall_color * (0.85 + 0.15 * bricks[..., None])
   ground = np.array([0.55, 0.5, 0.4]) * (0.9 + 0.1 * np.sin(25 * x + 9 * y))[..., None]
@@ -165,7 +181,8 @@ def make_background(world_width: int, height: int, rng: np.random.Generator, pla
     w, h = rng.uniform(0.05, 0.12, 2)
     inside = (np.abs(x - cx) < w) & (np.abs(y - cy) < h)
     image = np.where(inside[..., None], rng.uniform(0, 1, 3), image)
-  return image.astype(np.float32)
+    classes[inside] = 2
+  return image.astype(np.float32), classes
 
 
 def make_walkers(people: int, frames: int, width: int, height: int, world_width: int,
@@ -194,6 +211,7 @@ class Scene:
   camera_pan: float
   background: np.ndarray  # world at 2x, [2H, 2*world_width, 3]
   walkers: List[Walker]
+  classes: Optional[np.ndarray] = None  # the background's class ids at 2x (BACKGROUND_CLASSES)
 
   def camera_x(self, frame: int) -> float:
     return self.camera_pan * frame / max(self.frames - 1, 1)
@@ -246,9 +264,9 @@ def make_scene(people: int, frames: int, width: int, height: int, camera_pan: fl
                seed: int = 0, plain_background: bool = False) -> Scene:
   rng = np.random.default_rng(seed)
   world_width = int(np.ceil(width + abs(camera_pan)))
-  background = make_background(2 * world_width, 2 * height, rng, plain_background)
+  background, classes = background_with_classes(2 * world_width, 2 * height, rng, plain_background)
   return Scene(width, height, frames, camera_pan, background,
-               make_walkers(people, frames, width, height, world_width, rng))
+               make_walkers(people, frames, width, height, world_width, rng), classes)
 
 
 def _write_png(path: str, image: np.ndarray) -> None:
