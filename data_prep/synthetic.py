@@ -147,22 +147,17 @@ def shadow_mask(walker: Walker, t: float, px: np.ndarray, py: np.ndarray) -> np.
   return (body & (depth > 0)) | blob
 
 
-BACKGROUND_CLASSES = ('sky', 'wall', 'poster', 'ground')  # class ids 0..3 of background_with_classes
+BACKGROUND_CLASSES = ('sky', 'wall', 'poster', 'ground')  # class ids 0..3 of make_background
 
 
-def make_background(world_width: int, height: int, rng: np.random.Generator, plain: bool = False) -> np.ndarray:
-  """A world (sky, wall, ground) at the given pixel size, in [0, 1].
+def make_background(world_width: int, height: int, rng: np.random.Generator, plain: bool = False
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+  """A world (sky, wall, ground) at the given pixel size, in [0, 1], and its class ids (uint8, BACKGROUND_CLASSES).
 
   Textured: bricks, posters (corners for the homography tools) and a rippled
   ground. Plain: smooth bands only, which a small network learns in a few
   minutes, leaving the moving shadows as what is left to explain.
   """
-  return background_with_classes(world_width, height, rng, plain)[0]
-
-
-def background_with_classes(world_width: int, height: int, rng: np.random.Generator, plain: bool = False
-                            ) -> Tuple[np.ndarray, np.ndarray]:
-  """make_background's image and its per-pixel class ids (uint8, BACKGROUND_CLASSES)."""
   y, x = np.mgrid[0:height, 0:world_width] / height
   horizon = 0.62
   sky = np.array([0.55, 0.7, 0.9]) + 0.08 * np.sin(3 * x + 2 * y)[..., None]
@@ -264,7 +259,7 @@ def make_scene(people: int, frames: int, width: int, height: int, camera_pan: fl
                seed: int = 0, plain_background: bool = False) -> Scene:
   rng = np.random.default_rng(seed)
   world_width = int(np.ceil(width + abs(camera_pan)))
-  background, classes = background_with_classes(2 * world_width, 2 * height, rng, plain_background)
+  background, classes = make_background(2 * world_width, 2 * height, rng, plain_background)
   return Scene(width, height, frames, camera_pan, background,
                make_walkers(people, frames, width, height, world_width, rng), classes)
 
