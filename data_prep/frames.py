@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -24,13 +24,18 @@ from data_prep.video_folder import HIGH_RES_DIR, LOW_RES_DIR, DataError
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 
 
+def image_names(folder: str) -> List[str]:
+  """The images of a folder of frames, in frame order (sorted by name)."""
+  names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+  if not names:
+    raise DataError(f'{folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
+  return names
+
+
 def read_frames(source: str) -> Iterator[np.ndarray]:
   """BGR uint8 frames from a video file (OpenCV) or a folder of images (sorted by name)."""
   if os.path.isdir(source):
-    names = sorted(f for f in os.listdir(source) if f.lower().endswith(IMAGE_SUFFIXES))
-    if not names:
-      raise DataError(f'{source} holds no images ({", ".join(IMAGE_SUFFIXES)})')
-    for name in names:
+    for name in image_names(source):
       frame = cv2.imread(os.path.join(source, name), cv2.IMREAD_COLOR)
       if frame is None:
         raise DataError(f'{os.path.join(source, name)} is not a readable image')
