@@ -17,19 +17,16 @@ DIS_PRESETS = {'ultrafast': cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, 'fast': cv2.DI
 
 
 def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-  """Bilinear sampling of image [H, W, C] at (x + dx, y + dy), coordinates clamped to the border; float64."""
+  """Bilinear sampling of image [H, W, C] at (x + dx, y + dy), border pixels repeated outside; float32.
+
+  OpenCV's remap with float32 maps and image interpolates without quantising the coordinates.
+  """
   height, width = image.shape[:2]
-  ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-  x = np.clip(xs + flow[..., 0], 0, width - 1)
-  y = np.clip(ys + flow[..., 1], 0, height - 1)
-  x0, y0 = np.minimum(np.floor(x).astype(int), width - 2), np.minimum(np.floor(y).astype(int), height - 2)
-  x0, y0 = np.maximum(x0, 0), np.maximum(y0, 0)
-  wx, wy = (x - x0)[..., None], (y - y0)[..., None]
-  x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
-  image = image.astype(np.float64)
-  top = image[y0, x0] * (1 - wx) + image[y0, x1] * wx
-  bottom = image[y1, x0] * (1 - wx) + image[y1, x1] * wx
-  return top * (1 - wy) + bottom * wy
+  xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+  flow = flow.astype(np.float32)
+  warped = cv2.remap(image.astype(np.float32), xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+  return warped.reshape(image.shape)
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,7 +42,7 @@ def dis_flow(current: np.ndarray, previous: np.ndarray, preset: str = 'medium') 
 
 def confidence(current: np.ndarray, previous: np.ndarray, flow: np.ndarray) -> np.ndarray:
   """The reference's rule: 1 where sum over RGB of (warp(previous, flow) - current)^2 < 0.02 in [-1, 1] units."""
-  error = (warp(previous, flow) - current.astype(np.float64)) / 127.5
+  error = (warp(previous, flow) - current.astype(np.float32)) / 127.5
   return (np.sum(error ** 2, axis=-1) < CONF_THRESHOLD).astype(np.uint8)
 
 

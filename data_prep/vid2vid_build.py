@@ -128,18 +128,20 @@ def read_frames(source: str, size: Optional[Tuple[int, int]]) -> Tuple[List[str]
     source_size = (first.shape[1], first.shape[0])
     rgb = np.stack([first] + [read_image(os.path.join(frames_dir, n), source_size) for n in names[1:]])
   else:
-    bgr = list(frames_lib.read_frames(source))
-    source_size = (bgr[0].shape[1], bgr[0].shape[0])
-    for i, frame in enumerate(bgr):
+    rgb, source_size = [], None
+    for i, frame in enumerate(frames_lib.read_frames(source)):  # resized as read: a long video fits in memory
+      source_size = source_size or (frame.shape[1], frame.shape[0])
       if (frame.shape[1], frame.shape[0]) != source_size:
         raise DataError(f'{source}: frame {i + 1} is {frame.shape[1]}x{frame.shape[0]}, the first '
                         f'{source_size[0]}x{source_size[1]}')
+      if size is None:
+        raise DataError(f'{source} is {source_size[0]}x{source_size[1]}; give the dataset size with --size WxH '
+                        '(multiples of 32)')
+      _check_size(size, '--size')
+      rgb.append(cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), size, interpolation=cv2.INTER_AREA))
+    rgb = np.stack(rgb)
     names = (frames_lib.image_names(source) if os.path.isdir(source)
-             else [f'{i + 1:04d}.png' for i in range(len(bgr))])
-    rgb = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in bgr])
-    if size is None:
-      raise DataError(f'{source} is {source_size[0]}x{source_size[1]}; give the dataset size with --size WxH '
-                      '(multiples of 32)')
+             else [f'{i + 1:04d}.png' for i in range(len(rgb))])
   size = tuple(size or source_size)
   _check_size(size, f'{source}: the frame size')
   return names, _resize(rgb, size, cv2.INTER_AREA), source_size, metadata
