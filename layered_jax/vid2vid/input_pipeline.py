@@ -12,14 +12,16 @@ height in [fine_size, load_size + 1] rounded to a multiple of 4 (width in
 proportion), and a crop fine_size high and make_power_2(fine_size * W / H) wide
 is taken, x normal around the centre (sd a third of the margin), y uniform in
 the top eighth; `center_crop` then keeps the central half of the width (the
-reference's pose setting, for landscape videos). Frames are resampled bicubic
-with antialiasing (as PIL's resize), maps with PIL's nearest rule, flows
-bilinear and multiplied by the scale; skeletons are drawn after the crop from the
-moved keypoints. `flip` mirrors a clip with probability 0.5 (labels and edges;
-the reference never flips pose). Pose training drops each DensePose part and
-each skeleton limb of each frame with probability random_drop_prob. Keypoints
-are stored and drawn here, rather than stored as images, so that limbs can be
-dropped one at a time and lines keep their width whatever the scale.
+reference's pose setting, for landscape videos). Frames are resampled as PIL's
+bicubic resize (antialiased, rounded to uint8 between its two passes); maps by
+the nearest rule (PIL's, except for samples exactly between two pixels, where
+PIL's incremental arithmetic may take the lower one); flows bilinear, multiplied
+by the scale; skeletons are drawn after the crop from the moved keypoints.
+`flip` mirrors a clip with probability 0.5 (labels and edges; the reference
+never flips pose). Pose training drops each DensePose part and each skeleton
+limb of each frame with probability random_drop_prob. Keypoints are stored and
+drawn here, rather than stored as images, so that limbs can be dropped one at a
+time and lines keep their width whatever the scale.
 
 A batch, per device [devices, B / devices, ...], per clip (T = n_frames_total,
 H x W the output size):
@@ -182,14 +184,15 @@ def augment_clip(key: jax.Array, clip: Mapping[str, jax.Array], mode: str, store
   def nearest(x):
     return mirror(jnp.take(jnp.take(x, rows, axis=1), cols, axis=2))
 
-  def smooth(x, method):  # float [T, H, W, C]
-    y = jax.image.scale_and_translate(x, (x.shape[0], out_h, out_w, x.shape[-1]), (1, 2), jnp.stack([sy, sx]),
-                                      jnp.stack([-crop_y, -crop_x]).astype(jnp.float32), method=method,
-                                      antialias=True)
-    return mirror(y)
+  def resample(x, axis, size, scale, crop, method):
+    shape = x.shape[:axis] + (size,) + x.shape[axis + 1:]
+    return jax.image.scale_and_translate(x, shape, (axis,), scale[None], -jnp.asarray(crop, jnp.float32)[None],
+                                         method=method, antialias=True)
 
-  frames = smooth(clip['rgb'].astype(jnp.float32), 'cubic')
-  out = {'frames': jnp.clip(frames / 127.5 - 1, -1, 1)}
+  # Frames as PIL's bicubic resize: rows first, rounded to uint8, then columns.
+  frames = jnp.clip(jnp.round(resample(clip['rgb'].astype(jnp.float32), 2, out_w, sx, crop_x, 'cubic')), 0, 255)
+  frames = resample(frames, 1, out_h, sy, crop_y, 'cubic')
+  out = {'frames': mirror(jnp.clip(frames / 127.5 - 1, -1, 1))}
   num_frames = clip['rgb'].shape[0]
   if mode == 'pose':
     iuv = nearest(clip['iuv']).astype(jnp.int32)
@@ -224,7 +227,8 @@ def augment_clip(key: jax.Array, clip: Mapping[str, jax.Array], mode: str, store
     for s in range(options.n_scales_temporal):
       name = key if s == 0 else f'{key}_d{s}'
       if key == 'flow':
-        flow = smooth(clip['flow'][s].astype(jnp.float32), 'linear') * jnp.stack([sx, sy])
+        flow = resample(clip['flow'][s].astype(jnp.float32), 2, out_w, sx, crop_x, 'linear')
+        flow = mirror(resample(flow, 1, out_h, sy, crop_y, 'linear')) * jnp.stack([sx, sy])
         out[name] = flow * jnp.where(flip, jnp.array([-1., 1.]), 1.)
       else:
         out[name] = nearest(clip[key][s])[..., None].astype(jnp.float32)
