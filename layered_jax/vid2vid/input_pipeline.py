@@ -39,6 +39,7 @@ H x W the output size):
 
 import concurrent.futures
 import dataclasses
+import functools
 from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -248,15 +249,25 @@ def instance_edges(instance: jax.Array) -> jax.Array:
 
 
 def make_batch_fn(metadata: Mapping, options: ClipOptions, train: bool = True):
-  """(keys [b, 2], gathered arrays [b, ...]) -> augmented batch; to be jitted or pmapped."""
-  stored_size = tuple(metadata['size'])
-  input_channels(metadata, options)  # refuses options the dataset cannot serve
+  """(keys [b, 2], gathered arrays [b, ...]) -> augmented batch; to be jitted or pmapped.
 
+  The same function object for the same dataset layout and options, so jit and pmap compile it once.
+  """
+  input_channels(metadata, options)  # refuses options the dataset cannot serve
+  return _batch_fn(metadata['mode'], tuple(metadata['size']), int(metadata.get('label_nc') or 0), options, train)
+
+
+@functools.lru_cache(maxsize=None)
+def _batch_fn(mode: str, stored_size: Tuple[int, int], label_nc: int, options: ClipOptions, train: bool):
   def batch_fn(keys, clips):
-    return jax.vmap(lambda k, c: augment_clip(k, c, metadata['mode'], stored_size, options, train,
-                                              int(metadata.get('label_nc') or 0)))(keys, clips)
+    return jax.vmap(lambda k, c: augment_clip(k, c, mode, stored_size, options, train, label_nc))(keys, clips)
 
   return batch_fn
+
+
+@functools.lru_cache(maxsize=None)
+def _pmapped(batch_fn, devices: Tuple[jax.Device, ...]):
+  return jax.pmap(batch_fn, devices=devices)
 
 
 def step_keys(seed: int, epoch: int, step: int, global_batch_size: int) -> jax.Array:
@@ -274,7 +285,7 @@ def batches(clips: data.ClipSet, options: ClipOptions, global_batch_size: int, s
   positions = input_pipeline.host_indices(np.arange(global_batch_size), jax.process_index(), jax.process_count())
   if len(positions) % len(devices):
     raise ValueError(f'{len(positions)} clips per host do not split over {len(devices)} devices')
-  p_batch = jax.pmap(make_batch_fn(clips.metadata, options, train), devices=devices)
+  p_batch = _pmapped(make_batch_fn(clips.metadata, options, train), tuple(devices))
   with concurrent.futures.ThreadPoolExecutor(1) as reader:
     pending = reader.submit(gather, clips, samples[0][positions], options)
     for step in range(len(samples)):
