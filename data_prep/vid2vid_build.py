@@ -51,6 +51,7 @@ from layered_jax.vid2vid import data
 
 DATASET_VERSION = '1.0.0'
 CANNY = (100, 200)
+PREVIEW_FRAMES = 6  # rows of each clip's preview sheet
 # BODY_25 keypoint <- COCO-17 keypoint (AlphaPose); neck and mid-hip are the midpoints of the shoulders and hips.
 COCO_OF_BODY25 = {0: 0, 2: 6, 3: 8, 4: 10, 5: 5, 6: 7, 7: 9, 9: 12, 10: 14, 11: 16, 12: 11, 13: 13, 14: 15,
                   15: 2, 16: 1, 17: 4, 18: 3}
@@ -327,6 +328,35 @@ def reference_flows(clip: Clip, t: int, spacings: Sequence[int], preset: str = '
   return out
 
 
+def _flow_colours(flow: np.ndarray) -> np.ndarray:
+  """Flow [H, W, 2] as RGB: hue the direction, brightness the length (full at 8 px)."""
+  length, angle = cv2.cartToPolar(flow[..., 0].astype(np.float32), flow[..., 1].astype(np.float32))
+  hsv = np.stack([angle * 90 / np.pi, np.full_like(angle, 255), np.minimum(length * 32, 255)], -1).astype(np.uint8)
+  return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def preview_sheet(examples: Sequence[Dict[str, np.ndarray]], mode: str) -> np.ndarray:
+  """One row per example: the frame, its input, the flow from the previous frame, its confidence."""
+  from layered_jax.vid2vid import input_pipeline, skeleton  # JAX, for the skeleton drawing
+  palette = np.random.default_rng(0).integers(40, 256, (256, 3)).astype(np.uint8)
+  rows = []
+  for example in examples:
+    height, width = example['rgb'].shape[:2]
+    if mode == 'pose':
+      part, u, v = np.moveaxis(example['iuv'].astype(np.int32), -1, 0)
+      shown = np.stack([part * 10, u, v], -1).astype(np.uint8)
+      half_width = input_pipeline.REFERENCE_STROKE * height / input_pipeline.REFERENCE_HEIGHT
+      bones = np.asarray(skeleton.render(example['keypoints'], height, width, half_width)).astype(np.uint8)
+      shown = np.where(bones.any(-1, keepdims=True), bones, shown)
+    elif mode == 'labels':
+      shown = palette[example['labels']]
+    else:
+      shown = np.repeat(example['edges'][..., None], 3, -1)
+    conf = np.repeat(example['conf'][0][..., None] * 255, 3, -1).astype(np.uint8)
+    rows.append(np.concatenate([example['rgb'], shown, _flow_colours(example['flow'][0]), conf], 1))
+  return np.concatenate(rows, 0)
+
+
 class _Progress:
   """Frames done of a total, printed every few seconds with an ETA."""
 
@@ -355,6 +385,7 @@ def _builder_class():
     def __init__(self, splits: Dict[str, Sequence[Clip]], features: Dict, metadata: Dict, preset: str, **kwargs):
       self._splits, self._features, self._metadata, self._preset = splits, features, metadata, preset
       self._progress = _Progress(sum(c.num_frames for clips in splits.values() for c in clips))
+      self.previews = {}  # (split, clip index) -> examples of a few frames
       super().__init__(**kwargs)
 
     def _info(self):
@@ -366,11 +397,12 @@ def _builder_class():
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      return {split: self._generate_examples(clips) for split, clips in self._splits.items()}
+      return {split: self._generate_examples(clips, split) for split, clips in self._splits.items()}
 
-    def _generate_examples(self, clips):
+    def _generate_examples(self, clips, split):
       spacings = self._metadata['spacings']
       for index, clip in enumerate(clips):
+        shown = set(np.linspace(0, clip.num_frames - 1, min(PREVIEW_FRAMES, clip.num_frames)).round().astype(int))
         for t in range(clip.num_frames):
           example = {'clip': np.int32(index), 'frame': np.int32(t), 'rgb': clip.rgb[t]}
           example.update({k: v[t] for k, v in clip.inputs.items()})
@@ -379,6 +411,8 @@ def _builder_class():
             kps = np.zeros(self._features['keypoints'][0], np.float32)
             kps[:len(example['keypoints'])] = example['keypoints']
             example['keypoints'] = kps
+          if t in shown:
+            self.previews.setdefault((split, index), []).append(example)
           yield f'{index:05d}-{t:06d}', example
           self._progress.step()
 
@@ -441,6 +475,10 @@ def build(train: Sequence[Clip], test: Sequence[Clip], data_dir: str, name: str,
     builder.download_and_prepare()
     os.rename(os.path.join(scratch, builder.name, DATASET_VERSION), os.path.join(staging, DATASET_VERSION))
     shutil.rmtree(scratch)
+    os.makedirs(os.path.join(staging, 'preview'))
+    for (split, index), examples in builder.previews.items():
+      path = os.path.join(staging, 'preview', f'{split}_{index:02d}_{splits[split][index].name}.png')
+      files.write_png(path, preview_sheet(examples, mode))
   return os.path.join(final, DATASET_VERSION)
 
 

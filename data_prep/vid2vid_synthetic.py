@@ -186,8 +186,8 @@ def generate(data_dir: str, mode: str, name: str = None, size: Tuple[int, int] =
   train, test = clip_scenes(people, frames, size, clips, test_clips, camera_pan, seed, plain_background)
   labels = {'label_nc': len(CLASS_NAMES), 'fg_labels': FG_LABELS, 'class_names': CLASS_NAMES} if (
       mode == 'labels') else {}
-  return build([make_clip(s, f'train_{i:02d}', mode, exact) for i, s in enumerate(train)],
-               [make_clip(s, f'test_{i:02d}', mode, exact) for i, s in enumerate(test)],
+  return build([make_clip(s, f'clip{i:02d}', mode, exact) for i, s in enumerate(train)],
+               [make_clip(s, f'clip{i:02d}', mode, exact) for i, s in enumerate(test)],
                data_dir, name or f'synthetic_{mode}', mode, **labels, **build_kwargs)
 
 

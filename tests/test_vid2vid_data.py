@@ -122,6 +122,11 @@ def test_synthetic_pose_dataset_holds_train_and_held_out_clips(synthetic_pose):
   train, test = data.open_clips(synthetic_pose, 'train'), data.open_clips(synthetic_pose, 'test')
   assert train.clip_lengths == (8, 8) and test.clip_lengths == (8,)
   assert train.spacings == [1, 2, 3, 6] and train.metadata['num_people'] == 1
+  preview = os.path.join(os.path.dirname(synthetic_pose), 'preview')
+  assert sorted(os.listdir(preview)) == ['test_00_clip00.png', 'train_00_clip00.png', 'train_01_clip01.png']
+  sheet = cv2.imread(os.path.join(preview, 'train_01_clip01.png'))
+  assert sheet.shape == (6 * 128, 4 * 96, 3)  # frame, IUV and skeleton, flow, confidence; 6 frames
+  np.testing.assert_array_equal(sheet[:128, :96, ::-1], train.read(1, [0])['rgb'][0])
   clip = train.read_clip(1)
   scene = vid2vid_synthetic.clip_scenes(1, 8, SIZE, 2, 1)[0][1]
   for t in (0, 7):
