@@ -11,6 +11,8 @@ averaging is per pixel (the reference averages a whole stroke once any pixel
 under it is drawn). Keypoints with a score of 0.01 or less are missing.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +34,7 @@ _ENDS = np.array([(a, b) for a, b, _ in LIMBS])
 _COLORS = np.array([c for _, _, c in LIMBS], np.float32)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def render(keypoints: jax.Array, height: int, width: int, half_width: jax.Array, keep: jax.Array = None
            ) -> jax.Array:
   """Skeleton image [height, width, 3] with values 0..255 (float32).
