@@ -195,7 +195,8 @@ def pose_keypoints(path: str, names: Sequence[str], keypoint_size: Tuple[int, in
 
 
 def read_iuv(path: str, num_frames: int, source_size: Tuple[int, int], size: Tuple[int, int],
-             composite_order: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
+             composite_order: Optional[Sequence[Sequence[int]]] = None, order_file: str = 'metadata.json'
+             ) -> np.ndarray:
   """[T, H, W, 3] (part, U, V) from data_prep.keypoints' IUV layers (R = part * 10, G = U, B = V).
 
   `path` holds layer folders 01/, 02/, ... (composited back to front in composite_order,
@@ -209,12 +210,15 @@ def read_iuv(path: str, num_frames: int, source_size: Tuple[int, int], size: Tup
   for k, directory in layers.items():
     names[k] = _pngs(directory, 'it should hold one IUV PNG per frame')
     _same_count(directory, names[k], num_frames, 'IUV PNGs')
-  order = composite_order if composite_order is not None and len(composite_order) == num_frames else None
+  order = composite_order
+  if order is not None and len(order) != num_frames:
+    raise DataError(f'{order_file}: composite_order has {len(order)} entries for {num_frames} frames; fix it or '
+                    'remove it (layers are then composited by number)')
   out = np.zeros((num_frames, source_size[1], source_size[0], 3), np.uint8)
   for t in range(num_frames):
     for k in (order[t] if order is not None else sorted(layers)):
       if k not in layers:
-        raise DataError(f'metadata.json composite_order names layer {k}, {path} has {sorted(layers)}')
+        raise DataError(f'{order_file}: composite_order names layer {k}, {path} has {sorted(layers)}')
       file = os.path.join(layers[k], names[k][t])
       iuv = read_image(file, source_size)
       body = iuv[..., 0] > 0
@@ -287,7 +291,8 @@ def read_clip(source: str, mode: str, size: Optional[Tuple[int, int]] = None, ke
     if not iuv:
       raise DataError(f'{source}: pose needs IUV layers: iuv/ in the video folder (python -m data_prep.keypoints) '
                       'or --iuv')
-    inputs['iuv'] = read_iuv(iuv, len(names), source_size, size, metadata.get('composite_order'))
+    inputs['iuv'] = read_iuv(iuv, len(names), source_size, size, metadata.get('composite_order'),
+                             os.path.join(source, 'metadata.json'))
   elif mode == 'labels':
     if label_nc is None:
       raise DataError('labels mode needs --label_nc (the number of classes)')

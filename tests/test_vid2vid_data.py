@@ -326,6 +326,11 @@ def _break(folder, case):
     return [f'--keypoints={folder}/op'], r'op/0.json: pose_keypoints_2d has 54 values, BODY_25 has 75'
   if case == 'size':
     return ['--size=100x128'], r'100x128; vid2vid needs multiples of 32'
+  if case == 'composite order':
+    meta = json.load(open(os.path.join(folder, 'metadata.json')))
+    meta['composite_order'] = meta['composite_order'][:5]
+    json.dump(meta, open(os.path.join(folder, 'metadata.json'), 'w'))
+    return [], r'walk/metadata.json: composite_order has 5 entries for 8 frames'
   if case == 'label values':
     write_labels(folder, value=9)
     return ['--mode=labels', '--label_nc=5'], r'labels/0003.png has label 9, at or above 5; --label_nc is 5'
@@ -353,7 +358,8 @@ def _break(folder, case):
 
 
 @pytest.mark.parametrize('case', ['missing iuv frame', 'iuv size', 'iuv values', 'unreadable frame', 'frame size',
-                                  'alphapose names', 'openpose count', 'openpose coco', 'size', 'label values',
+                                  'alphapose names', 'openpose count', 'openpose coco', 'size', 'composite order',
+                                  'label values',
                                   'label count', 'label colours', 'label shape', 'short clip'])
 def test_bad_inputs_are_one_line_errors_and_write_nothing(pose_folder, tmp_path, capsys, case):
   folder = str(tmp_path / 'walk')
