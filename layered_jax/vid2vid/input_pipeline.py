@@ -116,30 +116,37 @@ def epoch_samples(clip_lengths: Sequence[int], n_frames_total: int, max_t_step: 
   return np.stack([clip, start, t_step], -1)
 
 
-def gather(clips: data.ClipSet, samples: np.ndarray, options: ClipOptions) -> Dict[str, np.ndarray]:
-  """Host arrays of the samples [n, 3]: stored features [n, T, ...], flows [n, scales, T, ...] (see the docstring)."""
-  spacing_index = {k: i for i, k in enumerate(clips.spacings)}
-  out = []
-  for clip, start, t_step in np.asarray(samples):
-    frames = start + t_step * np.arange(options.n_frames_total)
-    stored = clips.read(int(clip), frames)
-    sample = {k: v for k, v in stored.items() if k not in ('clip', 'frame', 'flow', 'conf', 'visible')}
-    for key in ('flow', 'conf', 'visible'):
-      if key not in stored:
-        continue
-      scales = []
-      for s in range(options.n_scales_temporal):
-        gap = options.n_frames_D ** s
-        if t_step * gap not in spacing_index:
-          raise ValueError(f'{clips.directory} has no flows {t_step * gap} frames apart (it has {clips.spacings}); '
-                           'rebuild it with max_t_step, n_frames_D and n_scales_temporal at least those of the config')
-        values = stored[key][:, spacing_index[t_step * gap]].copy()
-        values[:gap] = 0  # the frame gap clip frames back is not in the clip
-        scales.append(values)
-      sample[key] = np.stack(scales)
-    sample.update(clip=np.int32(clip), start=np.int32(start), t_step=np.int32(t_step))
-    out.append(sample)
+def gather(clips: data.ClipSet, samples: np.ndarray, options: ClipOptions,
+           pool: Optional[concurrent.futures.Executor] = None) -> Dict[str, np.ndarray]:
+  """Host arrays of the samples [n, 3]: stored features [n, T, ...], flows [n, scales, T, ...] (see the docstring).
+
+  With a pool, the samples are read concurrently (decompression releases the GIL).
+  """
+  read = functools.partial(_gather_one, clips, options=options)
+  out = list(pool.map(read, samples) if pool is not None else map(read, samples))
   return {k: np.stack([s[k] for s in out]) for k in out[0]}
+
+
+def _gather_one(clips: data.ClipSet, sample: np.ndarray, options: ClipOptions) -> Dict[str, np.ndarray]:
+  clip, start, t_step = (int(v) for v in sample)
+  spacing_index = {k: i for i, k in enumerate(clips.spacings)}
+  stored = clips.read(clip, start + t_step * np.arange(options.n_frames_total))
+  out = {k: v for k, v in stored.items() if k not in ('clip', 'frame', 'flow', 'conf', 'visible')}
+  for key in ('flow', 'conf', 'visible'):
+    if key not in stored:
+      continue
+    scales = []
+    for s in range(options.n_scales_temporal):
+      gap = options.n_frames_D ** s
+      if t_step * gap not in spacing_index:
+        raise ValueError(f'{clips.directory} has no flows {t_step * gap} frames apart (it has {clips.spacings}); '
+                         'rebuild it with max_t_step, n_frames_D and n_scales_temporal at least those of the config')
+      values = stored[key][:, spacing_index[t_step * gap]].copy()
+      values[:gap] = 0  # the frame gap clip frames back is not in the clip
+      scales.append(values)
+    out[key] = np.stack(scales)
+  out.update(clip=np.int32(clip), start=np.int32(start), t_step=np.int32(t_step))
+  return out
 
 
 def _crop_params(key: jax.Array, stored_size: Tuple[int, int], options: ClipOptions, train: bool):
@@ -277,8 +284,12 @@ def step_keys(seed: int, epoch: int, step: int, global_batch_size: int) -> jax.A
 
 
 def batches(clips: data.ClipSet, options: ClipOptions, global_batch_size: int, seed: int, epoch: int,
-            devices: Optional[Sequence[jax.Device]] = None, train: bool = True) -> Iterator[Dict[str, jax.Array]]:
-  """This host's per-device batches of one epoch, [devices, B / devices, ...], the next one read ahead."""
+            devices: Optional[Sequence[jax.Device]] = None, train: bool = True, readers: int = 8
+            ) -> Iterator[Dict[str, jax.Array]]:
+  """This host's per-device batches of one epoch, [devices, B / devices, ...], the next one read ahead.
+
+  `readers` threads read the clips of a batch concurrently.
+  """
   devices = list(devices or jax.local_devices())
   samples = epoch_samples(clips.clip_lengths, options.n_frames_total, options.max_t_step, global_batch_size, seed,
                           epoch)
@@ -286,12 +297,12 @@ def batches(clips: data.ClipSet, options: ClipOptions, global_batch_size: int, s
   if len(positions) % len(devices):
     raise ValueError(f'{len(positions)} clips per host do not split over {len(devices)} devices')
   p_batch = _pmapped(make_batch_fn(clips.metadata, options, train), tuple(devices))
-  with concurrent.futures.ThreadPoolExecutor(1) as reader:
-    pending = reader.submit(gather, clips, samples[0][positions], options)
+  with concurrent.futures.ThreadPoolExecutor(1) as ahead, concurrent.futures.ThreadPoolExecutor(readers) as pool:
+    pending = ahead.submit(gather, clips, samples[0][positions], options, pool)
     for step in range(len(samples)):
       host = pending.result()
       if step + 1 < len(samples):
-        pending = reader.submit(gather, clips, samples[step + 1][positions], options)
+        pending = ahead.submit(gather, clips, samples[step + 1][positions], options, pool)
       keys = step_keys(seed, epoch, step, global_batch_size)[positions]
       per_device = lambda x: x.reshape((len(devices), -1) + x.shape[1:])
       yield p_batch(per_device(keys), jax.tree_util.tree_map(per_device, host))
