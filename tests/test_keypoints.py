@@ -162,7 +162,7 @@ def test_bad_keypoints_are_explained(video, kp2uv_dir, content, message):
 
 
 @pytest.mark.parametrize('module', ['data_prep.keypoints', 'data_prep.frames', 'data_prep.synthetic',
-                                    'data_prep.build'])
+                                    'data_prep.build', 'data_prep.vid2vid_build', 'data_prep.vid2vid_synthetic'])
 def test_command_lines_have_help(module):
   result = subprocess.run([sys.executable, '-m', module, '--help'], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 0 and 'video' in result.stdout.lower(), result.stderr[-500:]
