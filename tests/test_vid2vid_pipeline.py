@@ -186,6 +186,8 @@ def test_eval_clip_and_output_sizes(pose):
   assert ip.output_size((96, 128), ip.ClipOptions(fine_size=256)) == (192, 256)
   with pytest.raises(ValueError, match='center_crop needs wide frames'):
     ip.output_size((96, 128), ip.ClipOptions(center_crop=True))
+  with pytest.raises(ValueError, match='pose clips cannot be flipped'):
+    ip.make_batch_fn(pose.metadata, ip.ClipOptions(flip=True))
 
 
 def test_skeleton_drawing():

@@ -90,6 +90,9 @@ def input_channels(metadata: Mapping, options: ClipOptions) -> int:
   """input_nc of the generator for this dataset: pose 6, labels label_nc (+1 instance edges), edges 1."""
   mode = metadata['mode']
   if mode == 'pose':
+    if options.flip:
+      raise ValueError('pose clips cannot be flipped: DensePose parts and BODY_25 keypoints know left from right '
+                       '(the reference does not flip them either); set flip=False')
     return 6
   if mode == 'labels':
     if options.use_instance and not metadata.get('has_instance'):
@@ -197,7 +200,7 @@ def augment_clip(key: jax.Array, clip: Mapping[str, jax.Array], mode: str, store
     return jax.image.scale_and_translate(x, shape, (axis,), scale[None], -jnp.asarray(crop, jnp.float32)[None],
                                          method=method, antialias=True)
 
-  # Frames as PIL's bicubic resize: rows first, rounded to uint8, then columns.
+  # Frames as PIL's bicubic resize: along the width first, rounded to uint8, then along the height.
   frames = jnp.clip(jnp.round(resample(clip['rgb'].astype(jnp.float32), 2, out_w, sx, crop_x, 'cubic')), 0, 255)
   frames = resample(frames, 1, out_h, sy, crop_y, 'cubic')
   out = {'frames': mirror(jnp.clip(frames / 127.5 - 1, -1, 1))}
