@@ -14,6 +14,8 @@ never reads pixels back, which file:// pages may not do).
 import dataclasses
 import html
 import json
+import os
+import urllib.parse
 from typing import Sequence, Tuple, Union
 
 from layered_jax import files
@@ -51,17 +53,12 @@ def write_page(path: str, title: str, items: Sequence[Union[Panel, Layers]], num
   """Writes the page. size is the frames' (width, height); small frames are shown enlarged as the videos are."""
   width, height = size
   scale = files.display_scale(height, width)
-  for item in items:
-    frames_given = len(item.order) if isinstance(item, Layers) else len(item.images) if item.images else num_frames
-    if frames_given != num_frames or (isinstance(item, Panel) and bool(item.video) == bool(item.images)):
-      raise ValueError(f'{path}: {item.name} needs one video or {num_frames} images (got {frames_given})')
+  _check(path, items, num_frames)
   data = {'frames': num_frames, 'fps': fps, 'names': list(frame_names), 'autoplay': autoplay,
-          'sequences': [list(item.images) for item in items if isinstance(item, Panel) and item.images],
+          'sequences': [[_url(u) for u in item.images] for item in items if isinstance(item, Panel) and item.images],
           'layers': next(({'ids': list(item.ids), 'names': list(item.names), 'order': [list(o) for o in item.order],
-                           'images': [list(i) for i in item.images], 'hide_note': item.hide_note}
+                           'images': [[_url(u) for u in i] for i in item.images], 'hide_note': item.hide_note}
                           for item in items if isinstance(item, Layers)), None)}
-  if sum(isinstance(item, Layers) for item in items) > 1:
-    raise ValueError(f'{path}: one Layers item per page')
   figures, sequence = [], 0
   for item in items:
     name = html.escape(item.name)
@@ -72,13 +69,13 @@ def write_page(path: str, title: str, items: Sequence[Union[Panel, Layers]], num
                      f'height="{height}"></canvas><figcaption>{name}: {toggles}<div id="hide-note"></div>'
                      '</figcaption></figure>')
     elif item.video:
-      figures.append(f'<figure><video class="panel" src="{html.escape(item.video)}" muted loop playsinline '
+      figures.append(f'<figure><video class="panel" src="{_url(item.video)}" muted loop playsinline '
                      f'preload="auto" width="{width * scale}" height="{height * scale}"></video>'
-                     f'<figcaption>{name} <a href="{html.escape(item.video)}">(file)</a></figcaption></figure>')
+                     f'<figcaption>{name} <a href="{_url(item.video)}">(file)</a></figcaption></figure>')
     else:
       checker = ' checker' if item.checkerboard else ''
       figures.append(f'<figure><img class="panel{checker}" data-seq="{sequence}" alt="{name}" '
-                     f'src="{html.escape(item.images[0])}" width="{width * scale}" height="{height * scale}">'
+                     f'src="{_url(item.images[0])}" width="{width * scale}" height="{height * scale}">'
                      f'<figcaption>{name}</figcaption></figure>')
       sequence += 1
   rows = ''.join(f'<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>' for k, v in facts)
@@ -91,6 +88,25 @@ def write_page(path: str, title: str, items: Sequence[Union[Panel, Layers]], num
             f'<p class="help">Space plays or pauses; the arrow keys step one frame. All pictures show the same '
             f'frame.</p>\n<script type="application/json" id="data">{payload}</script>\n'
             f'<script>{_SCRIPT}</script>\n</body></html>\n')
+
+
+def _check(path: str, items: Sequence[Union[Panel, Layers]], num_frames: int) -> None:
+  """Every item has one picture per frame."""
+  if sum(isinstance(item, Layers) for item in items) > 1:
+    raise ValueError(f'{path}: one Layers item per page')
+  for item in items:
+    if isinstance(item, Layers):
+      counts = {len(item.order)} | {len(images) for images in item.images}
+      if counts != {num_frames} or not len(item.ids) == len(item.names) == len(item.images):
+        raise ValueError(f'{path}: {item.name} needs a name, {num_frames} images and {num_frames} composite '
+                         f'orders per layer')
+    elif bool(item.video) == bool(item.images) or len(item.images) not in (0, num_frames):
+      raise ValueError(f'{path}: {item.name} needs one video or {num_frames} images (got {len(item.images)})')
+
+
+def _url(path: str) -> str:
+  """A relative path as a URL, safe in an attribute or in the data (quote leaves only [A-Za-z0-9_.~/-])."""
+  return urllib.parse.quote(path.replace(os.sep, '/'))
 
 
 _STYLE = """
