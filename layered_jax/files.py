@@ -6,6 +6,7 @@ import functools
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Iterator, Optional, Sequence
 
 import cv2
@@ -115,7 +116,9 @@ def write_video(path: str, frames: Sequence[np.ndarray], fps: float, scale: int 
     writer = imageio_ffmpeg.write_frames(
         path, size, fps=fps, codec='libx264', quality=None, macro_block_size=1, ffmpeg_log_level='error',
         output_params=['-crf', '18', '-g', str(max(1, round(fps))), '-movflags', '+faststart'])
-    writer.send(None)
+    with warnings.catch_warnings():  # JAX warns of every fork; this child runs ffmpeg at once, which is safe
+      warnings.filterwarnings('ignore', r'os\.fork\(\) was called', RuntimeWarning)
+      writer.send(None)  # starts ffmpeg
     try:
       for frame in frames:
         writer.send(np.ascontiguousarray(prepare(frame)))
