@@ -3,6 +3,7 @@ half-written."""
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -74,7 +75,18 @@ def video_codec() -> str:
     raise ValueError(f'{VIDEO_CODEC_ENV}={codec}: use h264 or vp9')
   if codec == 'h264' and _ffmpeg() is None:
     raise RuntimeError(f'{VIDEO_CODEC_ENV}=h264 needs imageio-ffmpeg: pip install imageio-ffmpeg')
-  return codec or ('h264' if _ffmpeg() else 'vp9')
+  if codec:
+    return codec
+  if _ffmpeg() is None:
+    _warn_once('imageio-ffmpeg is not installed: videos are VP9 WebM written by OpenCV (older Safari does not '
+               'play them); pip install imageio-ffmpeg for H.264 MP4')
+    return 'vp9'
+  return 'h264'
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+  logging.warning(message)
 
 
 def display_scale(height: int, width: int) -> int:
@@ -97,6 +109,8 @@ def write_video(path: str, frames: Sequence[np.ndarray], fps: float, scale: int 
   root, ext = os.path.splitext(path)
   if ext not in ('.mp4', '.webm'):
     root = path
+  if not len(frames):
+    raise ValueError(f'{path}: no frames to write')
   height, width = frames[0].shape[:2]
   scale = scale or display_scale(height, width)
   pad = ((0, (height * scale) % 2), (0, (width * scale) % 2), (0, 0))

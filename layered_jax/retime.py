@@ -225,7 +225,8 @@ def retime(export_dir: str, spec: Mapping, output: str, overwrite: bool = False)
     files.write_png(os.path.join(staging, 'contact_sheet.png'), sheet)
     height, width = frames[0].shape[:2]
     facts = [('layers', video.root), ('spec', json.dumps(spec)),
-             ('frames', f'{plan.length} (source: {video.num_frames})'), ('size', f'{width}x{height}'), ('fps', f'{video.fps:g}'),
+             ('frames', f'{plan.length} (source: {video.num_frames})'), ('size', f'{width}x{height}'),
+             ('fps', f'{video.fps:g}'),
              ('files', f'frames/FFFF.png, {os.path.basename(after_file)}, {os.path.basename(before_file)}, '
                        'contact_sheet.png')]
     viewer.write_page(os.path.join(staging, 'index.html'), f'Retimed {os.path.basename(video.root)}',
@@ -277,7 +278,7 @@ def main(argv=None):
     out = retime(args.layers, _load_spec(args.spec), args.output, args.overwrite)
   except (SpecError, FileNotFoundError, FileExistsError, ValueError) as error:
     parser.exit(2, f'error: {error}\n')
-  print(f'wrote {out}: open {out}/index.html (before and after), frames/ and the videos')
+  print(f'wrote {out}: open {out}/index.html (before and after side by side), frames/ and the videos')
 
 
 if __name__ == '__main__':

@@ -69,9 +69,10 @@ def write_page(path: str, title: str, items: Sequence[Union[Panel, Layers]], num
                      f'height="{height}"></canvas><figcaption>{name}: {toggles}<div id="hide-note"></div>'
                      '</figcaption></figure>')
     elif item.video:
-      figures.append(f'<figure><video class="panel" src="{_url(item.video)}" muted loop playsinline '
-                     f'preload="auto" width="{width * scale}" height="{height * scale}"></video>'
-                     f'<figcaption>{name} <a href="{_url(item.video)}">(file)</a></figcaption></figure>')
+      figures.append(f'<figure><div class="screen"><video class="panel" src="{_url(item.video)}" muted loop '
+                     f'playsinline preload="auto" width="{width * scale}" height="{height * scale}"></video>'
+                     f'<canvas class="still" hidden></canvas></div><figcaption>{name} <a href="{_url(item.video)}">'
+                     '(file)</a></figcaption></figure>')
     else:
       checker = ' checker' if item.checkerboard else ''
       figures.append(f'<figure><img class="panel{checker}" data-seq="{sequence}" alt="{name}" '
@@ -121,6 +122,9 @@ table.facts th{text-align:left;padding:1px 12px 1px 0;font-weight:600}
 .panels{display:flex;flex-wrap:wrap;gap:14px}
 figure{margin:0;width:WIDTHpx;max-width:100%}
 figure video,figure canvas,figure img{display:block;width:100%;height:auto;image-rendering:pixelated;background:#000}
+[hidden]{display:none!important}
+.screen{position:relative}
+.screen canvas.still{position:absolute;left:0;top:0;width:100%;height:100%;background:none}
 figure .checker{background:repeating-conic-gradient(#d2d2d2 0 25%,#969696 0 50%) 0 0/CELLpx CELLpx}
 figcaption{font-size:14px;margin-top:4px}
 figcaption label{white-space:nowrap;margin-right:6px}
@@ -141,7 +145,10 @@ _CONTROLS = """<div id="controls">
 </div>"""
 
 # The clock: while playing, the first video plays and the others follow it (re-synced when they drift by more
-# than a frame); without videos a timer plays. Paused, every video is seeked to the middle of the shown frame.
+# than a frame); without videos a timer plays. Paused, every video is seeked to the middle of the shown frame
+# and shown through a canvas drawn from it (its "still"): after a pause and a seek, Chromium (150, headless)
+# now and then goes on painting the frame it paused on, while the element, drawImage and
+# requestVideoFrameCallback all have the new one.
 _SCRIPT = r"""
 (() => {
 'use strict';
@@ -173,6 +180,33 @@ for (const video of videos) {
     showError(video, `this browser cannot play ${video.getAttribute('src')} (media error ${code}); ` +
                      'rewrite the videos with imageio-ffmpeg installed (H.264) or open the file in a video player');
   });
+}
+
+// Each video's data-frame says which frame it has presented (what the user sees), where the browser tells.
+if ('requestVideoFrameCallback' in HTMLVideoElement.prototype) {
+  for (const video of videos) {
+    const presented = (now, meta) => {
+      video.dataset.frame = frameAt(meta.mediaTime);
+      drawStill(video);
+      video.requestVideoFrameCallback(presented);
+    };
+    video.requestVideoFrameCallback(presented);
+  }
+}
+
+const stills = new Map(videos.map(video => [video, video.parentElement.querySelector('canvas.still')]));
+function drawStill(video) {
+  if (playing || video.seeking || video.readyState < 2) return;
+  const still = stills.get(video);
+  still.width = video.videoWidth;
+  still.height = video.videoHeight;
+  still.getContext('2d').drawImage(video, 0, 0);
+  still.dataset.frame = frameAt(video.currentTime);
+  still.hidden = false;
+}
+for (const video of videos) {
+  video.addEventListener('seeked', () => drawStill(video));
+  video.addEventListener('loadeddata', () => drawStill(video));
 }
 
 const composite = data.layers ? makeComposite(data.layers) : null;
@@ -250,8 +284,8 @@ function show(i) {
 
 function seek(i) {
   touched = true;
-  pause();
   i = ((i % n) + n) % n;
+  stop();
   for (const video of videos) video.currentTime = timeOf(i);
   show(i);
 }
@@ -261,6 +295,7 @@ function play() {
   playing = true;
   playButton.textContent = 'Pause';
   const t = timeOf(frame);
+  for (const still of stills.values()) still.hidden = true;
   for (const video of videos) {
     video.playbackRate = rate();
     video.currentTime = t;
@@ -270,14 +305,17 @@ function play() {
   requestAnimationFrame(tick);
 }
 
-function pause() {
+function stop() {  // playback, without seeking
   if (!playing) return;
   playing = false;
   playButton.textContent = 'Play';
-  for (const video of videos) {
-    video.pause();
-    video.currentTime = timeOf(frame);
-  }
+  for (const video of videos) video.pause();
+}
+
+function pause() {  // and every video on the frame shown
+  if (!playing) return;
+  stop();
+  for (const video of videos) video.currentTime = timeOf(frame);
 }
 
 function tick() {

@@ -102,6 +102,9 @@ class Browser:
     if height > self.run('return innerHeight;'):
       self.driver.set_window_size(max(window['width'], width), height + chrome)
     self.run('window.scrollTo(0, 0);')
+    # Two animation frames: what the page last drew (a seeked video, a canvas) reaches the screen.
+    self.driver.execute_async_script('const done = arguments[0];'
+                                     'requestAnimationFrame(() => requestAnimationFrame(() => done()));')
     self.driver.save_screenshot(path)
     image = cv2.imread(path)
     if image is None:

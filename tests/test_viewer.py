@@ -127,12 +127,15 @@ def test_videos_are_h264_enlarged_even_sized_and_start_with_their_index(tmp_path
   assert _codec(path) == 'h264 yuv420p 606x316'
   decoded = _decode(path).astype(int)
   assert np.abs(decoded[:, :315, :605] - np.stack(big)).mean() < 1.5
-  assert np.abs(decoded[:, 315] - decoded[:, 314]).mean() < 2 and np.abs(decoded[:, :, 605] - decoded[:, :, 604]).mean() < 2
+  assert np.abs(decoded[:, 315] - decoded[:, 314]).mean() < 2  # the repeated row and column
+  assert np.abs(decoded[:, :, 605] - decoded[:, :, 604]).mean() < 2
 
 
-def test_without_imageio_ffmpeg_videos_are_vp9_webm(tmp_path, monkeypatch):
+def test_without_imageio_ffmpeg_videos_are_vp9_webm(tmp_path, monkeypatch, caplog):
   monkeypatch.setattr(files, '_ffmpeg', lambda: None)
+  files._warn_once.cache_clear()
   assert files.video_codec() == 'vp9'
+  assert 'pip install imageio-ffmpeg' in caplog.text  # the user learns why and what to do
   frames = _frames(N, H, W)
   path = files.write_video(str(tmp_path / 'clip.mp4'), frames, FPS)
   assert path == str(tmp_path / 'clip.webm')
@@ -159,6 +162,18 @@ def test_export_writes_h264_videos_and_a_page_with_its_facts(export_dir):
   assert info['training'] == {'steps': 300, 'epoch': 100, 'stage': 'layers'}
 
 
+def test_a_page_needs_one_picture_per_frame(tmp_path):
+  path = str(tmp_path / 'index.html')
+  with pytest.raises(ValueError, match='real needs one video or 8 images'):
+    viewer.write_page(path, 't', [viewer.Panel('real', 'real.mp4', images=['a.png'] * N)], N, FPS, (W, H))
+  with pytest.raises(ValueError, match='real needs one video or 8 images'):
+    viewer.write_page(path, 't', [viewer.Panel('real', images=['a.png'] * 3)], N, FPS, (W, H))
+  layers = viewer.Layers([0, 1], ['background', 'person'], [['a.png'] * N, ['b.png'] * (N - 1)], [[0, 1]] * N)
+  with pytest.raises(ValueError, match='composite needs a name, 8 images'):
+    viewer.write_page(path, 't', [layers], N, FPS, (W, H))
+  assert not os.path.exists(path)
+
+
 def _wait_videos(browser, width):
   """Waits until every video can show its frame; returns [readyState, videoWidth] per video."""
   return browser.wait(f"""(() => {{
@@ -178,8 +193,12 @@ def _goto(browser, frame: int, drawn: str = ''):
 
 
 def _wait_for_frame(browser, frame, drawn=''):
+  """Waits until every video is paused on the frame, has presented it and shows it (its still), and the
+  composite drew it if drawn is given."""
   browser.wait("[...document.querySelectorAll('video')].every(v => v.paused && !v.seeking && v.readyState >= 2 && "
-               f"Math.abs(v.currentTime - {(frame + 0.5) / FPS}) < 1e-3)")
+               f"Math.abs(v.currentTime - {(frame + 0.5) / FPS}) < 1e-3 && v.dataset.frame === '{frame}') && "
+               "[...document.querySelectorAll('canvas.still')].every(c => !c.hidden && c.dataset.frame === "
+               f"'{frame}')")
   if drawn:
     browser.wait(f"document.getElementById('composite').dataset.drawn === '{drawn}'")
 
@@ -305,9 +324,9 @@ def test_a_page_of_vp9_videos_and_image_sequences_plays_in_chromium(browser, tmp
   os.makedirs(tmp_path / 'real')
   for f, frame in enumerate(frames):
     files.write_png(str(tmp_path / 'real' / f'{f:04d}.png'), frame)
-  viewer.write_page(str(tmp_path / 'index.html'), 'generated vs real',
-                    [viewer.Panel('generated', video), viewer.Panel('real', images=[f'real/{f:04d}.png' for f in range(N)])],
-                    N, FPS, (W, H), [('frames', str(N))], autoplay=False)
+  panels = [viewer.Panel('generated', video), viewer.Panel('real', images=[f'real/{f:04d}.png' for f in range(N)])]
+  viewer.write_page(str(tmp_path / 'index.html'), 'generated vs real', panels, N, FPS, (W, H), [('frames', str(N))],
+                    autoplay=False)
   with browser_lib.serve(str(tmp_path)) as url:
     browser.open(f'{url}/index.html')
     assert video.endswith('.webm') and len(_wait_videos(browser, W * SCALE)) == 1
