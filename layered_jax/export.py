@@ -7,7 +7,9 @@ Writes, atomically, EXPORT/ (default WORKDIR/export):
                           number, the same in every frame whatever the composite order
   reconstruction/FFFF.png the model's composite
   layers.json             fps, size, layer ids and names, per-frame composite order, frame names
-  original.mp4, reconstruction.mp4, layer_NN.mp4 (over a checkerboard), index.html
+  original.mp4, reconstruction.mp4, layer_NN.mp4 (over a checkerboard; H.264, or .webm without imageio-ffmpeg)
+  index.html              the viewer: synchronized videos, a frame slider, the layers recomposited with a
+                          show/hide toggle per layer, and the export's facts
 Frames are rendered one at a time with BatchNorm on that frame's statistics, as
 the reference's test step does; detail transfer adds the part of the target
 the model missed to the layers, top down, weighted by what shows through.
@@ -15,13 +17,13 @@ the model missed to the layers, top down, weighted by what shows through.
 
 import json
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layered_jax import distributed, files, input_pipeline, train
+from layered_jax import distributed, files, input_pipeline, train, viewer
 from layered_jax.models.layers import transmittance_from_above, upsample2x_bilinear
 
 
@@ -45,20 +47,23 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 def over_checkerboard(rgba: np.ndarray, cell: int = 16) -> np.ndarray:
   height, width = rgba.shape[:2]
-  board = ((np.indices((height, width)).sum(0) // cell) % 2 * 60 + 150)[..., None].astype(np.float32)
+  board = ((np.indices((height, width)) // cell).sum(0) % 2 * 60 + 150)[..., None].astype(np.float32)
   alpha = rgba[..., 3:] / 255.
   return (rgba[..., :3] * alpha + board * (1 - alpha)).astype(np.uint8)
 
 
 def load_variables(config: train.Config, workdir: str, n_textures: int, sample
-                   ) -> Tuple[Dict, bool]:
-  """(variables, whether the upsampler was trained) from the workdir's latest checkpoint."""
+                   ) -> Tuple[Dict, bool, Optional[Dict]]:
+  """(variables, whether the upsampler was trained, training facts) from the workdir's latest checkpoint.
+
+  The facts are {'steps', 'epoch', 'stage'}; None for a converted reference checkpoint.
+  """
   module = train.make_module(config, n_textures)
   manager = train.checkpoint_manager(workdir, config.keep_checkpoints)
   progress = train.restore_progress(manager)
   if progress is None:
     if config.init_checkpoint:  # a converted reference checkpoint, exported as is
-      return train.converted_variables(config.init_checkpoint, n_textures), True
+      return train.converted_variables(config.init_checkpoint, n_textures), True, None
     raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train first (--config.mode=train) '
                             'or set --config.init_checkpoint to a converted reference checkpoint')
   if progress.n_textures != n_textures:
@@ -66,7 +71,8 @@ def load_variables(config: train.Config, workdir: str, n_textures: int, sample
                      f'the dataset {n_textures}; export with the config it was trained with')
   state = train.restore_state(manager, train.create_train_state(
       jax.random.PRNGKey(0), module, sample, config.lr, progress.stage, abstract=True))
-  return {'params': state.params, 'batch_stats': state.batch_stats}, progress.stage == 'upsample'
+  training = {'steps': int(state.step), 'epoch': progress.epoch, 'stage': progress.stage}
+  return {'params': state.params, 'batch_stats': state.batch_stats}, progress.stage == 'upsample', training
 
 
 def export(config: train.Config, workdir: str) -> str:
@@ -81,7 +87,7 @@ def export(config: train.Config, workdir: str) -> str:
   frames, meta = input_pipeline.load_dataset(dataset_dir)
   n_textures = int(meta['n_textures'])
   sample = {k: jnp.asarray(frames[k][:1]) for k in ('uv', 'pids')}
-  variables, upsampler_trained = load_variables(config, workdir, n_textures, sample)
+  variables, upsampler_trained, training = load_variables(config, workdir, n_textures, sample)
   if not distributed.is_primary():
     return out_dir
   high_res = config.export_high_res and upsampler_trained
@@ -95,11 +101,12 @@ def export(config: train.Config, workdir: str) -> str:
     return layers.at[:, 0, ..., 3].set(1.), out['reconstruction']
 
   with files.staged_directory(out_dir, overwrite=True) as staging:
-    _write_export(staging, frames, meta, render, high_res, config.fps)
+    _write_export(staging, frames, meta, render, high_res, config.fps, training)
   return out_dir
 
 
-def _write_export(out_dir, frames, meta, render, high_res: bool, fps: float) -> None:
+def _write_export(out_dir, frames, meta, render, high_res: bool, fps: float,
+                  training: Optional[Dict] = None) -> None:
   names = meta['frame_names']
   order = meta['composite_order']
   layer_ids = [0] + sorted(meta['layer_ids'])
@@ -122,17 +129,33 @@ def _write_export(out_dir, frames, meta, render, high_res: bool, fps: float) -> 
     if (i + 1) % 50 == 0 or i + 1 == len(names):
       print(f'export: {i + 1}/{len(names)} frames', flush=True)
   height, width = videos['original'][0].shape[:2]
+  layer_names = ['background'] + [f'layer {k:02d}' for k in layer_ids[1:]]
   with open(os.path.join(out_dir, 'layers.json'), 'w') as f:
     json.dump({'fps': fps, 'size': [width, height], 'high_res': bool(high_res), 'layer_ids': layer_ids,
-               'layer_names': ['background'] + [f'layer {k:02d}' for k in layer_ids[1:]],
-               'composite_order': [list(o) for o in order], 'frames': list(names),
-               'source': meta['video_dir']}, f, indent=1)
-  for video, images in videos.items():
-    files.write_video(os.path.join(out_dir, f'{video}.mp4'), images, fps)
-  cells = ''.join(f'<figure><video src="{v}.mp4" autoplay loop muted controls width="{width}"></video>'
-                  f'<figcaption>{v}</figcaption></figure>' for v in videos)
-  with open(os.path.join(out_dir, 'index.html'), 'w') as f:
-    f.write('<!doctype html><meta charset="utf-8"><title>layered_jax export</title>'
-            '<style>body{font-family:sans-serif}figure{display:inline-block;margin:6px}</style>'
-            f'<h1>Layers of {os.path.basename(meta["video_dir"])}</h1>'
-            f'<p>{len(names)} frames, {width}x{height}; layers/NN/ hold the RGBA PNGs.</p>{cells}')
+               'layer_names': layer_names, 'composite_order': [list(o) for o in order], 'frames': list(names),
+               'source': meta['video_dir'], 'training': training}, f, indent=1)
+  written = {video: os.path.basename(files.write_video(os.path.join(out_dir, video), images, fps))
+             for video, images in videos.items()}
+  _write_page(out_dir, written, layer_ids, layer_names, order, names, fps, (width, height), meta['video_dir'],
+              high_res, training)
+
+
+def _write_page(out_dir, videos: Dict[str, str], layer_ids, layer_names, order, names, fps, size, source,
+                high_res, training) -> None:
+  """index.html: the videos side by side, and the layers recomposited in the page with a toggle each."""
+  layers = viewer.Layers(
+      layer_ids, layer_names, [[f'layers/{k:02d}/{name}' for name in names] for k in layer_ids],
+      [[0] + list(o) for o in order], name='layers composited in the page (untick to hide)',
+      hide_note='To render the video without the hidden layers: python -m layered_jax.retime '
+                '--layers=<this folder> --spec=spec.json --output=<new folder>, spec.json holding')
+  items = [viewer.Panel('original', videos['original']), viewer.Panel('reconstruction', videos['reconstruction']),
+           layers] + [viewer.Panel(f'{n} (RGBA over a checkerboard)', videos[f'layer_{k:02d}'])
+                      for k, n in zip(layer_ids, layer_names)]
+  steps = (f"{training['steps']} steps ({training['epoch']} epochs, last stage: {training['stage']})" if training
+           else 'a converted reference checkpoint')
+  facts = [('video', source), ('frames', f'{len(names)} ({names[0]} to {names[-1]})'),
+           ('size', f'{size[0]}x{size[1]}' + (' (upsampled 2x)' if high_res else '')), ('fps', f'{fps:g}'),
+           ('layers', ', '.join(f'{k:02d} {n}' for k, n in zip(layer_ids, layer_names))), ('training', steps),
+           ('files', 'layers/NN/FFFF.png (RGBA), reconstruction/, layers.json, ' + ', '.join(videos.values()))]
+  viewer.write_page(os.path.join(out_dir, 'index.html'), f'Layers of {os.path.basename(source)}', items,
+                    len(names), fps, size, facts, names)

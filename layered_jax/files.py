@@ -1,10 +1,14 @@
-"""Image and video files: PNG and mp4 in and out, and staging so a failure leaves nothing half-written."""
+"""Image and video files: PNG in and out, browser-playable videos out, and staging so a failure leaves nothing
+half-written."""
 
 import contextlib
+import functools
+import logging
 import os
 import shutil
 import tempfile
-from typing import Iterator, Sequence
+import warnings
+from typing import Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -48,12 +52,98 @@ def write_png(path: str, image: np.ndarray) -> None:
     raise OSError(f'could not write {path}')
 
 
-def write_video(path: str, frames: Sequence[np.ndarray], fps: float) -> None:
-  """RGB uint8 frames [H, W, 3] -> an mp4 (OpenCV's mp4v codec)."""
+# Which encoder writes videos: 'h264' (imageio-ffmpeg's bundled ffmpeg, the default) or 'vp9' (OpenCV, the
+# fallback when imageio-ffmpeg is missing). Setting this variable forces one.
+VIDEO_CODEC_ENV = 'LAYERED_JAX_VIDEO_CODEC'
+DISPLAY_SIZE = 512  # smaller frames are enlarged towards this many pixels (larger side) for viewing
+
+
+@functools.lru_cache(maxsize=None)
+def _ffmpeg() -> Optional[str]:
+  """imageio-ffmpeg's bundled ffmpeg, or None when it is not installed."""
+  try:
+    import imageio_ffmpeg
+    return imageio_ffmpeg.get_ffmpeg_exe()
+  except (ImportError, RuntimeError):
+    return None
+
+
+def video_codec() -> str:
+  """'h264' when imageio-ffmpeg is there, else 'vp9'; LAYERED_JAX_VIDEO_CODEC overrides."""
+  codec = os.environ.get(VIDEO_CODEC_ENV, '').lower()
+  if codec not in ('', 'h264', 'vp9'):
+    raise ValueError(f'{VIDEO_CODEC_ENV}={codec}: use h264 or vp9')
+  if codec == 'h264' and _ffmpeg() is None:
+    raise RuntimeError(f'{VIDEO_CODEC_ENV}=h264 needs imageio-ffmpeg: pip install imageio-ffmpeg')
+  if codec:
+    return codec
+  if _ffmpeg() is None:
+    _warn_once('imageio-ffmpeg is not installed: videos are VP9 WebM written by OpenCV (older Safari does not '
+               'play them); pip install imageio-ffmpeg for H.264 MP4')
+    return 'vp9'
+  return 'h264'
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+  logging.warning(message)
+
+
+def display_scale(height: int, width: int) -> int:
+  """The integer factor that enlarges small frames towards DISPLAY_SIZE (1 for frames that large or larger).
+
+  Nearest-neighbour by an integer keeps every pixel sharp, and from 2x on each pixel's colour survives
+  4:2:0 chroma subsampling, which otherwise averages neighbouring pixels' colours.
+  """
+  return max(1, DISPLAY_SIZE // max(height, width))
+
+
+def write_video(path: str, frames: Sequence[np.ndarray], fps: float, scale: int = 0) -> str:
+  """RGB uint8 frames [H, W, 3] -> a video every browser plays; returns the file written.
+
+  H.264 (yuv420p, moov atom first) in `path`.mp4 through imageio-ffmpeg's ffmpeg, or, without
+  imageio-ffmpeg, VP9 in `path`.webm through OpenCV (path's own .mp4/.webm extension is replaced).
+  Frames are enlarged `scale` times with nearest neighbour (0: display_scale), then padded by
+  repeating their last row/column to even sizes, which 4:2:0 needs.
+  """
+  root, ext = os.path.splitext(path)
+  if ext not in ('.mp4', '.webm'):
+    root = path
+  if not len(frames):
+    raise ValueError(f'{path}: no frames to write')
   height, width = frames[0].shape[:2]
-  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (width, height))
+  scale = scale or display_scale(height, width)
+  pad = ((0, (height * scale) % 2), (0, (width * scale) % 2), (0, 0))
+
+  def prepare(frame):
+    if frame.shape[:2] != (height, width) or frame.dtype != np.uint8:
+      raise ValueError(f'{path}: frames must all be uint8 {width}x{height}, got {frame.dtype} '
+                       f'{frame.shape[1]}x{frame.shape[0]}')
+    frame = np.repeat(np.repeat(frame[..., :3], scale, 0), scale, 1) if scale > 1 else frame[..., :3]
+    return np.pad(frame, pad, mode='edge')
+
+  size = (width * scale + pad[1][1], height * scale + pad[0][1])
+  if video_codec() == 'h264':
+    import imageio_ffmpeg
+    path = root + '.mp4'
+    # A keyframe every second keeps seeking quick; crf 18 is visually lossless for these images.
+    writer = imageio_ffmpeg.write_frames(
+        path, size, fps=fps, codec='libx264', quality=None, macro_block_size=1, ffmpeg_log_level='error',
+        output_params=['-crf', '18', '-g', str(max(1, round(fps))), '-movflags', '+faststart'])
+    with warnings.catch_warnings():  # JAX warns of every fork; this child runs ffmpeg at once, which is safe
+      warnings.filterwarnings('ignore', r'os\.fork\(\) was called', RuntimeWarning)
+      writer.send(None)  # starts ffmpeg
+    try:
+      for frame in frames:
+        writer.send(np.ascontiguousarray(prepare(frame)))
+    finally:
+      writer.close()
+    return path
+  path = root + '.webm'
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'VP90'), fps, size)
   if not writer.isOpened():
-    raise OSError(f'could not open {path} for writing')
+    raise OSError(f'could not open {path} for writing (OpenCV without VP9): pip install imageio-ffmpeg')
   for frame in frames:
-    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.write(cv2.cvtColor(prepare(frame), cv2.COLOR_RGB2BGR))
   writer.release()
+  return path

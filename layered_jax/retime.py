@@ -20,8 +20,10 @@ or a synthetic video's ground_truth/. SPEC (JSON, or YAML if PyYAML is there):
 Source times outside the video are clamped to its first/last frame. Layer 0
 (the background) follows the output frame unless the spec says otherwise;
 people are composited back to front in the order of the background's source
-frame. Writes OUT/frames/FFFF.png, OUT/retimed.mp4 and OUT/contact_sheet.png
-(before/after for a few frames).
+frame. Writes OUT/frames/FFFF.png, OUT/retimed.mp4, OUT/before.mp4 (the layers
+composited as they were; .webm for both without imageio-ffmpeg), OUT/index.html
+(before and after side by side, synchronized, with a frame slider) and
+OUT/contact_sheet.png (before/after for a few frames).
 """
 
 import argparse
@@ -32,7 +34,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from layered_jax import files
+from layered_jax import files, viewer
 from layered_jax.models.layers import composite
 
 TIME_KEYS = {'offset', 'speed', 'keyframes', 'freeze'}
@@ -209,16 +211,28 @@ def retime(export_dir: str, spec: Mapping, output: str, overwrite: bool = False)
   cache: Dict = {}
   with files.staged_directory(output, overwrite) as staging:
     os.makedirs(os.path.join(staging, 'frames'))
-    frames = []
+    frames, before = [], []
     for f in range(plan.length):
       frame = files.to_uint8(render_frame(video, plan, f, cache))
       files.write_png(os.path.join(staging, 'frames', f'{f + 1:04d}.png'), frame)
       frames.append(frame)
-    files.write_video(os.path.join(staging, 'retimed.mp4'), frames, video.fps)
+      before.append(files.to_uint8(render_frame(video, identity, f, cache)))
+    after_file = files.write_video(os.path.join(staging, 'retimed'), frames, video.fps)
+    before_file = files.write_video(os.path.join(staging, 'before'), before, video.fps)
     picks = np.linspace(0, plan.length - 1, min(4, plan.length)).round().astype(int)
-    before = [files.to_uint8(render_frame(video, identity, int(f), cache)) for f in picks]
-    sheet = np.concatenate([np.concatenate(before, 1), np.concatenate([frames[f] for f in picks], 1)], 0)
+    sheet = np.concatenate([np.concatenate([before[f] for f in picks], 1),
+                            np.concatenate([frames[f] for f in picks], 1)], 0)
     files.write_png(os.path.join(staging, 'contact_sheet.png'), sheet)
+    height, width = frames[0].shape[:2]
+    facts = [('layers', video.root), ('spec', json.dumps(spec)),
+             ('frames', f'{plan.length} (source: {video.num_frames})'), ('size', f'{width}x{height}'),
+             ('fps', f'{video.fps:g}'),
+             ('files', f'frames/FFFF.png, {os.path.basename(after_file)}, {os.path.basename(before_file)}, '
+                       'contact_sheet.png')]
+    viewer.write_page(os.path.join(staging, 'index.html'), f'Retimed {os.path.basename(video.root)}',
+                      [viewer.Panel('before', os.path.basename(before_file)),
+                       viewer.Panel('after (retimed)', os.path.basename(after_file))],
+                      plan.length, video.fps, (width, height), facts)
   return os.path.abspath(output)
 
 
@@ -264,7 +278,7 @@ def main(argv=None):
     out = retime(args.layers, _load_spec(args.spec), args.output, args.overwrite)
   except (SpecError, FileNotFoundError, FileExistsError, ValueError) as error:
     parser.exit(2, f'error: {error}\n')
-  print(f'wrote {out}/retimed.mp4, {out}/frames/ and {out}/contact_sheet.png')
+  print(f'wrote {out}: open {out}/index.html (before and after side by side), frames/ and the videos')
 
 
 if __name__ == '__main__':

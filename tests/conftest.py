@@ -33,3 +33,11 @@ def layered_uv(uv: torch.Tensor) -> np.ndarray:
 def rng():
   torch.manual_seed(0)
   return np.random.default_rng(0)
+
+
+@pytest.fixture(scope='session')
+def browser():
+  """Headless Chromium (tests/browser.py); skips without one, or fails where LAYERED_JAX_REQUIRE_BROWSER=1 (CI)."""
+  from tests import browser as browser_lib
+  with browser_lib.start() as session:
+    yield session

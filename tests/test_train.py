@@ -210,6 +210,7 @@ def test_export_writes_layers_by_identity_with_the_frames_composite_order(tmp_pa
   info = json.load(open(os.path.join(out, 'layers.json')))
   assert info['layer_ids'] == [0, 1, 2] and info['composite_order'][1] == [2, 1]
   assert info['size'] == [128, 64] and not info['high_res']
+  assert info['training'] == {'steps': 1, 'epoch': 1, 'stage': 'layers'}  # shown on index.html
   for k in ('00', '01', '02'):
     assert sorted(os.listdir(os.path.join(out, 'layers', k))) == ['0001.png', '0002.png', '0003.png']
   background = cv2.imread(os.path.join(out, 'layers', '00', '0002.png'), cv2.IMREAD_UNCHANGED)
@@ -218,8 +219,8 @@ def test_export_writes_layers_by_identity_with_the_frames_composite_order(tmp_pa
   assert not [f for f in os.listdir(tmp_path) if f.startswith('.export-')]
   # Frame 2 stacks the layers as [background, iuv 2, iuv 1]: file 01/0002.png is stack position 2.
   frames, _ = input_pipeline.load_dataset(input_pipeline.prepare_dataset(config, str(tmp_path / 'run')))
-  variables, _ = export.load_variables(config, str(tmp_path / 'run'), 49,
-                                       {k: frames[k][:1] for k in ('uv', 'pids')})
+  variables, _, _ = export.load_variables(config, str(tmp_path / 'run'), 49,
+                                          {k: frames[k][:1] for k in ('uv', 'pids')})
   rendered = train.make_module(config, 49).apply(variables, frames['uv'][1:2], frames['pids'][1:2])
   layers = export.transfer_detail(rendered['layers'], frames['rgb'][1:2] / 127.5 - 1, rendered['reconstruction'])
   png = cv2.cvtColor(cv2.imread(os.path.join(out, 'layers', '01', '0002.png'), cv2.IMREAD_UNCHANGED),
