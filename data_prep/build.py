@@ -94,8 +94,14 @@ def build(video_dir: str, data_dir: str, band_width: int = 20, use_homographies:
     builder = _builder_class()(video, identity(video, band_width, use_mask_images), sys.stdout, data_dir=scratch,
                                file_format='array_record')
     tfds.disable_progress_bar()  # the examples' generator prints its own progress
-    with contextlib.redirect_stdout(io.StringIO()):  # TFDS's "Downloading and preparing" lines
-      builder.download_and_prepare()
+    try:
+      with contextlib.redirect_stdout(io.StringIO()):  # TFDS's "Downloading and preparing" lines
+        builder.download_and_prepare()
+    except Exception as error:
+      reason = errors.os_reason(error)
+      if reason is None:
+        raise
+      raise errors.OutputError(f'could not write the dataset in {data_dir}: {reason}') from error
     os.rename(os.path.join(scratch, dataset.NAME, dataset.VERSION), os.path.join(staging, dataset.VERSION))
     shutil.rmtree(scratch)
   return os.path.join(final, dataset.VERSION)

@@ -49,10 +49,11 @@ class OutputError(UserError, OSError):
 
 
 _OS_HINTS = {errno.ENOSPC: 'free some space or write elsewhere', errno.EDQUOT: 'free some space or write elsewhere',
-             errno.EFBIG: 'the file system or a limit (ulimit -f) refuses a file this large; write elsewhere',
+             errno.EFBIG: 'a file-size limit (ulimit -f) or the file system refuses a file this large',
              errno.EACCES: 'write to a folder you may write to', errno.EPERM: 'write to a folder you may write to',
              errno.EROFS: 'the file system is read-only; write elsewhere',
-             errno.ENOTDIR: 'a part of the path is a file, not a folder'}
+             errno.ENOTDIR: 'a part of the path is a file, not a folder',
+             errno.EEXIST: 'something is in the way: a file where a folder is needed, or an earlier output'}
 
 
 def one_line(error: BaseException) -> str:
@@ -66,12 +67,14 @@ def one_line(error: BaseException) -> str:
 def os_reason(error: BaseException) -> Optional[str]:
   """The OS's reason (with a hint) when an exception reports a failed write or read, else None.
 
-  Covers OSError and the errors of libraries that carry the OS's code in their message (TensorStore, for Orbax).
+  Covers OSError and the errors of libraries that carry the OS's code or message in theirs (TensorStore, TFDS).
   """
   number = error.errno if isinstance(error, OSError) else None
   if number is None:
     code = re.search(r"os_error_code='?(\d+)", str(error))
     number = int(code.group(1)) if code else None
+  if number is None:  # a library that only quotes the OS's message (TFDS's array_record writer)
+    number = next((n for n in _OS_HINTS if os.strerror(n) in str(error)), None)
   if number is None:
     return None
   reason = os.strerror(number)

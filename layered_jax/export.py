@@ -88,6 +88,7 @@ def export(config: train.Config, workdir: str) -> str:
     layers = transfer_detail(out['layers'], target, out['reconstruction'])
     return layers.at[:, 0, ..., 3].set(1.), out['reconstruction']
 
+  print(f'export: compiling the renderer, then {len(meta["frame_names"])} frames to {out_dir}', flush=True)
   with files.staged_directory(out_dir, overwrite=True) as staging:
     _write_export(staging, frames, meta, render, high_res, config.fps)
   return out_dir

@@ -22,7 +22,9 @@ import math
 import numbers
 import os
 import shutil
+import sys
 import time
+import traceback
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -92,7 +94,7 @@ class Reporter:
 
   def compiling(self) -> None:
     self._compile_start = time.monotonic()
-    self._print(f'{self.label}: compiling the train step (a minute or more; later runs in this workdir reuse it)...',
+    self._print(f'{self.label}: compiling the train step (a minute or more; cached for later runs)...',
                 flush=True)
 
   def due(self, step: int) -> bool:
@@ -207,22 +209,49 @@ def check_identity(recorded: Optional[Mapping], current: Mapping, subject: str, 
     raise errors.WorkdirError(f'{subject} came from other inputs than this run ({"; ".join(differences)}); {fix}')
 
 
+def _from_orbax(tb) -> bool:
+  return any(f'{os.sep}{package}{os.sep}' in frame.filename
+             for frame in traceback.extract_tb(tb) for package in ('orbax', 'asyncio'))
+
+
+def _quiet_excepthook(kind, value, tb, default=sys.excepthook):
+  if not (kind is RuntimeError and str(value) == 'Event loop is closed' and _from_orbax(tb)):
+    default(kind, value, tb)
+
+
+def _quiet_unraisablehook(unraisable, default=sys.unraisablehook):
+  if not _from_orbax(unraisable.exc_traceback):
+    default(unraisable)
+
+
 @contextlib.contextmanager
-def _orbax_logs_hidden() -> Iterator[None]:
-  """Orbax logs its worker threads' tracebacks before raising in the caller, who reports the failure in one line.
+def _orbax_quiet() -> Iterator[None]:
+  """Orbax reports a failed read or write several times before raising in the caller, who reports it in one line:
+  its worker threads log tracebacks, and its abandoned coroutines and TensorStore callbacks print more (some at
+  exit, when they find their event loop closed). Those are dropped during the call, and for good after a failure.
 
   Kept when logging is verbose (absl at INFO).
   """
   absl_logger = logging.getLogger('absl')
+  if absl_logger.isEnabledFor(logging.INFO):
+    yield
+    return
 
   def keep(record: logging.LogRecord) -> bool:
-    return absl_logger.isEnabledFor(logging.INFO) or f'{os.sep}orbax{os.sep}' not in record.pathname
+    return f'{os.sep}orbax{os.sep}' not in record.pathname
 
+  hooks = sys.excepthook, sys.unraisablehook
   absl_logger.addFilter(keep)
+  sys.excepthook, sys.unraisablehook = _quiet_excepthook, _quiet_unraisablehook
   try:
     yield
+  except BaseException:
+    hooks = None
+    raise
   finally:
     absl_logger.removeFilter(keep)
+    if hooks:
+      sys.excepthook, sys.unraisablehook = hooks
 
 
 def _short(error: BaseException, limit: int = 240) -> str:
@@ -277,7 +306,7 @@ class Checkpoints:
           f'the train state holds non-finite values at the end of {self.label} {step} ({bad[0]}{more}) although the '
           f'losses logged were finite; it was not saved, training stopped and {self.kept()}; {DIVERGED_FIX}')
     try:
-      with _orbax_logs_hidden():
+      with _orbax_quiet():
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          progress=ocp.args.JsonSave(_as_json(progress)),
                                                          identity=ocp.args.JsonSave(self.identity)))
@@ -312,7 +341,7 @@ class Checkpoints:
         raise errors.WorkdirError(f'{name} in {self.directory} has no record of what it was trained on (an older '
                                   'version wrote it); use a new --workdir')
       try:
-        with _orbax_logs_hidden():
+        with _orbax_quiet():
           meta = self._manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore(),
                                                                      identity=ocp.args.JsonRestore()))
       except Exception as error:
@@ -320,7 +349,7 @@ class Checkpoints:
         continue
       self.check(meta['identity'])
       try:
-        with _orbax_logs_hidden():
+        with _orbax_quiet():
           state = self._manager.restore(step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(target(meta['progress']))))['state']
       except Exception as error:
