@@ -41,9 +41,9 @@ def _builder_class():
 
     def _info(self):
       width, height = self._video.size_lr
-      num_layers = 1 + len(self._video.layer_ids)
+      shapes = dataset.frame_features(1 + len(self._video.layer_ids), width, height)
       features = {name: tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.ZLIB)
-                  if shape else dtype for name, (shape, dtype) in dataset.frame_features(num_layers, width, height).items()}
+                  if shape else dtype for name, (shape, dtype) in shapes.items()}
       return tfds.core.DatasetInfo(
           builder=self,
           description=f'Layered video {self._video.root}',

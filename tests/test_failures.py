@@ -144,7 +144,8 @@ def test_bad_config_values_typos_and_data_are_one_line_before_anything_is_writte
   assert not workdir.exists()
 
 
-@pytest.mark.parametrize('matrix,problem', [('0 0 0 0 0 0 0 0 0', 'is singular'), ('1 0 0 0 inf 0 0 0 1', 'has a non-finite entry')])
+@pytest.mark.parametrize('matrix,problem', [('0 0 0 0 0 0 0 0 0', 'is singular'),
+                                            ('1 0 0 0 inf 0 0 0 1', 'has a non-finite entry')])
 def test_singular_and_non_finite_homographies_name_the_file_line_and_frame(tmp_path, matrix, problem):
   synthetic.generate(str(tmp_path / 'v'), people=1, frames=3, size=(64, 32), camera_pan=4)
   path = tmp_path / 'v' / 'homographies.txt'
