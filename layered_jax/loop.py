@@ -11,6 +11,17 @@
   be read or hold non-finite values, with a warning that names them.
 - The NaN stop: `stop_if_not_finite` on logged scalars (losses, gradient norm), `Checkpoints.save` on the state.
 
+A trainer uses them in this order (layered_jax.train does):
+
+  loop.check_fields(config, RULES)                        # ConfigError before anything is built or compiled
+  checkpoints = loop.Checkpoints(workdir, config.keep_checkpoints, identity)
+  restored = checkpoints.restore(lambda progress: abstract_state(progress))   # None, or (state, progress dict)
+  reporter, watch = loop.Reporter('stage', total_steps, config.report_every_secs), loop.DivergenceWatch()
+  reporter.compiling(); ...compile and run the first step...
+  after each step: if reporter.due(step): scalars = {...}; loop.stop_if_not_finite(scalars, where, checkpoints);
+                   watch(scalars, where); reporter.report(step, scalars, where)
+  checkpoints.save(epoch, loop.first_replica(state), progress)   # DivergedError if the state is not finite
+
 Imports without TensorFlow, TFDS, CLU or ml_collections (CLU and Orbax are imported when used).
 """
 

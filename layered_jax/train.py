@@ -40,7 +40,7 @@ FIELD_RULES = {
                                             'texture_res', 'texture_channels', 'crop_size', 'log_every_steps',
                                             'image_every_epochs', 'checkpoint_every_epochs', 'keep_checkpoints')},
     **{name: loop.NON_NEGATIVE_INT for name in ('n_epochs_upsample', 'trimap_width', 'alpha_l1_rolloff_epoch',
-                                                'jitter_epochs')},
+                                                'jitter_epochs', 'seed')},
     **{name: loop.POSITIVE for name in ('lr', 'report_every_secs', 'fps')},
     **{name: loop.NON_NEGATIVE for name in ('lambda_alpha_l1', 'lambda_alpha_l0', 'lambda_mask', 'mask_thresh',
                                             'jitter_rgb')},
