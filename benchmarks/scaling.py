@@ -45,7 +45,7 @@ def main(argv=None):
   import jax.numpy as jnp
   import numpy as np
   from benchmarks.train_step import LOSS_WEIGHTS, random_batch
-  from layered_jax import train
+  from layered_jax import loop, train
   from layered_jax.models import LayeredNeuralRenderer
 
   available = jax.local_devices()
@@ -55,7 +55,7 @@ def main(argv=None):
                      f'({available[0].device_kind}); use --fake_cpu_devices to try more on a CPU')
   batch = random_batch(np.random.default_rng(0), args.per_device_batch, args.layers, args.height, args.width)
   module = LayeredNeuralRenderer(n_textures=24 * (args.layers - 1) + 1, num_filters=args.num_filters,
-                                 axis_name=train.AXIS, dtype=jnp.dtype(args.dtype))
+                                 axis_name=loop.AXIS, dtype=jnp.dtype(args.dtype))
   state = train.create_train_state(jax.random.PRNGKey(0), module, batch, 1e-3)
   weights = {k: jnp.float32(v) for k, v in LOSS_WEIGHTS.items()}
   if not args.json:
@@ -65,9 +65,8 @@ def main(argv=None):
   rows, per_device = [], None
   for count in counts:
     devices = available[:count]
-    step = jax.pmap(train.stage_step('layers', train.AXIS), axis_name=train.AXIS, in_axes=(0, 0, None),
-                    donate_argnums=(0,), devices=devices)
-    replicated, device_batch = train.replicate(state, devices), train.replicate(batch, devices)
+    step = train.pmapped_step('layers', devices)
+    replicated, device_batch = loop.replicate(state, devices), loop.replicate(batch, devices)
     replicated, terms = step(replicated, device_batch, weights)  # compile and warm up
     jax.block_until_ready(terms)
     start = time.perf_counter()

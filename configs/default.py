@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mode = 'train_and_export'  # 'train' | 'export' | 'train_and_export'
   config.dataroot = ''  # the video folder (spec section 1 layout)
   config.data_dir = ''  # where its TFDS dataset is built; default WORKDIR/data
-  config.synthetic = ml_collections.ConfigDict()  # set by configs/demo.py: generate dataroot if missing
+  config.synthetic = ml_collections.ConfigDict()  # configs/demo.py only: generate dataroot if it is missing
   config.seed = 0
 
   # Model.

@@ -2,11 +2,14 @@
 
   python -m layered_jax.main --config=configs/demo.py --workdir=work/demo
 
-Generates the video (data_prep.synthetic) into work/demo_video if missing,
-builds its dataset, trains a smaller network (nf=16) at 64x128 for about five
-minutes on 2 CPU cores, exports the layers to WORKDIR/export and scores them
-against the generator's ground truth. The schedule is the reference's,
-compressed to the demo's 300 epochs (the reference trains for 2000).
+Generates the video (data_prep.synthetic) into work/demo_video if missing
+(config.synthetic; the console says so), builds its dataset, trains a smaller
+network (nf=16) at 64x128 for about five minutes on 2 CPU cores, exports the
+layers to WORKDIR/export and scores them against the generator's ground truth
+(only synthetic videos have one; a real video is not scored). The schedule is
+the reference's, compressed to the demo's 300 epochs (the reference trains for
+2000). To use it as a template for a real video, delete the config.synthetic
+lines: a config for a real video must stop on a wrong dataroot, not generate.
 
 Two choices make that budget enough for the shadows to move into their
 person's layer: a plain background, which the small network learns early, so

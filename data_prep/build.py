@@ -6,23 +6,22 @@ Features per frame: rgb [H,W,3] and rgb_hr [2H,2W,3] uint8; uv [L,H,W,2] in [-1,
 trimap [L,H,W] in {-1, 0, 1}; pids [L,H,W]; frame_index. Layer 0 is the
 background, the rest follow the frame's composite order (spec section 2).
 The build writes to a staging folder renamed at the end, so a bad frame
-found half-way leaves no dataset behind. Reading (`load_frames`) needs no TensorFlow.
+found half-way leaves no dataset behind. Its metadata records its identity
+(the video folder, a fingerprint of its files, the build options), which runs
+compare with their config. Reading it is layered_jax.dataset's (no TensorFlow).
 """
 
 import argparse
+import contextlib
 import functools
+import io
 import os
 import shutil
+import sys
 from typing import Dict
 
-import numpy as np
-
 from data_prep import video_folder
-from layered_jax import files
-from layered_jax.input_pipeline import frame_features
-
-DATASET_NAME = 'layered_video'
-DATASET_VERSION = '1.0.0'
+from layered_jax import dataset, errors, files
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,25 +31,25 @@ def _builder_class():
 
   class LayeredVideo(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """One video's frames and layer inputs."""
-    VERSION = tfds.core.Version(DATASET_VERSION)
+    VERSION = tfds.core.Version(dataset.VERSION)
 
-    def __init__(self, video: video_folder.VideoFolder, band_width: int, use_mask_images: bool, **kwargs):
+    def __init__(self, video: video_folder.VideoFolder, identity: Dict, console, **kwargs):
       self._video = video
-      self._band_width = band_width
-      self._use_mask_images = use_mask_images
+      self._identity = identity
+      self._console = console  # progress lines go here, not through TFDS's output
       super().__init__(**kwargs)
 
     def _info(self):
       width, height = self._video.size_lr
-      num_layers = 1 + len(self._video.layer_ids)
+      shapes = dataset.frame_features(1 + len(self._video.layer_ids), width, height)
       features = {name: tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.ZLIB)
-                  if shape else dtype for name, (shape, dtype) in frame_features(num_layers, width, height).items()}
+                  if shape else dtype for name, (shape, dtype) in shapes.items()}
       return tfds.core.DatasetInfo(
           builder=self,
           description=f'Layered video {self._video.root}',
           features=tfds.features.FeaturesDict(features),
           metadata=tfds.core.MetadataDict(
-              video_dir=self._video.root, frame_names=self._video.frame_names,
+              identity=self._identity, video_dir=self._video.root, frame_names=self._video.frame_names,
               layer_ids=self._video.layer_ids, size_lr=list(self._video.size_lr),
               n_textures=self._video.n_textures,
               composite_order=[list(o) for o in self._video.composite_order]))
@@ -60,40 +59,52 @@ def _builder_class():
       return {'train': self._generate_examples()}
 
     def _generate_examples(self):
-      for index in range(self._video.num_frames):
-        yield index, video_folder.frame_example(self._video, index, self._band_width, self._use_mask_images)
+      count = self._video.num_frames
+      for index in range(count):
+        yield index, video_folder.frame_example(self._video, index, self._identity['trimap_width'],
+                                                self._identity['use_mask_images'])
+        if (index + 1) % 50 == 0 or index + 1 == count:
+          print(f'dataset: {index + 1}/{count} frames', file=self._console, flush=True)
 
   return LayeredVideo
 
 
+def identity(video: video_folder.VideoFolder, band_width: int, use_mask_images: bool) -> Dict:
+  """What a dataset is built from: the video folder, its content's fingerprint and the build options."""
+  return {'video': video.root, 'content': video_folder.fingerprint(video, use_mask_images),
+          'trimap_width': band_width, 'use_homographies': video.homographies is not None,
+          'use_mask_images': use_mask_images}
+
+
+def source_identity(video_dir: str, band_width: int = 20, use_homographies: bool = False,
+                    use_mask_images: bool = False) -> Dict:
+  """The identity a dataset of this video folder with these options would record (reads and checks the folder)."""
+  return identity(video_folder.read_video_folder(video_dir, use_homographies), band_width, use_mask_images)
+
+
 def build(video_dir: str, data_dir: str, band_width: int = 20, use_homographies: bool = False,
           use_mask_images: bool = False, overwrite: bool = False) -> str:
-  """Builds the dataset and returns its directory (to pass to `load_frames`)."""
+  """Builds the dataset and returns its directory (to pass to layered_jax.dataset.load)."""
+  import tensorflow_datasets as tfds
   video = video_folder.read_video_folder(video_dir, use_homographies)
-  final = os.path.join(os.path.abspath(data_dir), DATASET_NAME)
+  final = os.path.join(os.path.abspath(data_dir), dataset.NAME)
   with files.staged_directory(final, overwrite) as staging:
     # TFDS writes DATA_DIR/<name>/<version>; build in a scratch folder, keep <version>.
     scratch = os.path.join(staging, 'scratch')
-    builder = _builder_class()(video, band_width, use_mask_images, data_dir=scratch, file_format='array_record')
-    builder.download_and_prepare()
-    os.rename(os.path.join(scratch, DATASET_NAME, DATASET_VERSION), os.path.join(staging, DATASET_VERSION))
+    builder = _builder_class()(video, identity(video, band_width, use_mask_images), sys.stdout, data_dir=scratch,
+                               file_format='array_record')
+    tfds.disable_progress_bar()  # the examples' generator prints its own progress
+    try:
+      with contextlib.redirect_stdout(io.StringIO()):  # TFDS's "Downloading and preparing" lines
+        builder.download_and_prepare()
+    except Exception as error:
+      reason = errors.os_reason(error)
+      if reason is None:
+        raise
+      raise errors.OutputError(f'could not write the dataset in {data_dir}: {reason}') from error
+    os.rename(os.path.join(scratch, dataset.NAME, dataset.VERSION), os.path.join(staging, dataset.VERSION))
     shutil.rmtree(scratch)
-  return os.path.join(final, DATASET_VERSION)
-
-
-def load_frames(dataset_dir: str) -> Dict[str, np.ndarray]:
-  """All frames of a built dataset as stacked arrays (by frame_index), without TensorFlow."""
-  import tensorflow_datasets as tfds
-  source = tfds.builder_from_directory(dataset_dir).as_data_source()['train']
-  examples = [source[i] for i in range(len(source))]
-  examples.sort(key=lambda e: int(e['frame_index']))
-  return {key: np.stack([np.asarray(e[key]) for e in examples]) for key in examples[0]}
-
-
-def dataset_metadata(dataset_dir: str) -> Dict:
-  """What the builder recorded: video_dir, frame_names, layer_ids, size_lr, n_textures, composite_order."""
-  import tensorflow_datasets as tfds
-  return dict(tfds.builder_from_directory(dataset_dir).info.metadata)
+  return os.path.join(final, dataset.VERSION)
 
 
 def main(argv=None):
@@ -105,11 +116,9 @@ def main(argv=None):
   parser.add_argument('--use_mask_images', action='store_true', help='mask/NN/ PNGs replace trimaps where present')
   parser.add_argument('--overwrite', action='store_true', help='rebuild an existing dataset')
   args = parser.parse_args(argv)
-  try:
+  with errors.reported():
     path = build(args.video_dir, args.data_dir, args.trimap_width, args.use_homographies, args.use_mask_images,
                  args.overwrite)
-  except (video_folder.DataError, FileExistsError) as error:
-    parser.exit(2, f'error: {error}\n')
   print(f'built {path}')
 
 

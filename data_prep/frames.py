@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from data_prep.video_folder import HIGH_RES_DIR, LOW_RES_DIR, DataError
+from layered_jax import errors
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 
@@ -125,10 +126,8 @@ def main(argv=None):
   parser.add_argument('--max_frames', type=int, help='stop after this many frames')
   parser.add_argument('--overwrite', action='store_true')
   args = parser.parse_args(argv)
-  try:
+  with errors.reported():
     count = extract(args.input, args.video_dir, args.size, args.people, args.max_frames, args.overwrite)
-  except (DataError, FileExistsError) as error:
-    parser.exit(2, f'error: {error}\n')
   print(f'wrote {count} frames to {args.video_dir}')
 
 

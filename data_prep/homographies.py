@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from data_prep.video_folder import HIGH_RES_DIR, IUV_DIR, LOW_RES_DIR, DataError, read_image
+from layered_jax import errors
 
 MIN_MATCHES = 12
 
@@ -116,13 +117,11 @@ def main(argv=None):
   parser.add_argument('--overwrite', action='store_true')
   args = parser.parse_args(argv)
   path = os.path.join(args.video_dir, 'homographies.txt')
-  if os.path.exists(path) and not args.overwrite:
-    parser.exit(2, f'error: {path} exists; pass --overwrite to replace it\n')
-  try:
+  with errors.reported():
+    if os.path.exists(path) and not args.overwrite:
+      raise FileExistsError(f'{path} exists; pass --overwrite to replace it')
     matrices, size, bounds = estimate(args.video_dir, args.mask_dilation)
-  except DataError as error:
-    parser.exit(2, f'error: {error}\n')
-  write_homographies(path, matrices, size, bounds)
+    write_homographies(path, matrices, size, bounds)
   print(f'wrote {path}: {len(matrices)} frames, world bounds {", ".join(f"{b:.1f}" for b in bounds)}')
 
 

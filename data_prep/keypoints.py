@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_prep.video_folder import IUV_DIR, LOW_RES_DIR, DataError, read_json
-from layered_jax import files
+from layered_jax import errors, files
 
 CANVAS = 256
 INNER = 192  # the keypoints' bounding box is scaled to this and centred on the canvas
@@ -203,10 +203,8 @@ def main(argv=None):
   parser.add_argument('--batch_size', type=int, default=16)
   parser.add_argument('--overwrite', action='store_true')
   args = parser.parse_args(argv)
-  try:
+  with errors.reported():
     layers = make_iuv_layers(args.video_dir, args.kp2uv, args.batch_size, args.overwrite)
-  except (DataError, FileExistsError, FileNotFoundError) as error:
-    parser.exit(2, f'error: {error}\n')
   print(f'wrote {layers} IUV layers to {os.path.join(args.video_dir, IUV_DIR)}')
 
 

@@ -4,6 +4,7 @@ Every problem raises `DataError` naming the file, what is wrong, and what to do.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Dict, List, Optional, Tuple
@@ -12,15 +13,12 @@ import cv2
 import numpy as np
 
 from data_prep import network_inputs
+from layered_jax.errors import DataError  # the data tools' error; main reports it in one line
 
 LOW_RES_DIR = 'rgb_256'
 HIGH_RES_DIR = 'rgb_512'
 IUV_DIR = 'iuv'
 MASK_DIR = 'mask'
-
-
-class DataError(ValueError):
-  """A video folder that cannot be used as it is; the message names the file and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,26 +85,35 @@ def read_image(path: str, size: Optional[Tuple[int, int]] = None, channels: int 
   return image
 
 
-def read_homographies(path: str, num_frames: int) -> Homographies:
+def read_homographies(path: str, frame_names: List[str]) -> Homographies:
+  """homographies.txt, checked: every matrix finite and invertible (errors name the line and the frame)."""
   if not os.path.isfile(path):
     raise DataError(f'{path} is missing; write it or set use_homographies=False')
   with open(path) as f:
-    lines = [line.split() for line in f if line.strip()]
+    lines = [(number, line.split()) for number, line in enumerate(f, start=1) if line.strip()]
   try:
-    if len(lines) < 2 or lines[0][0] != 'size:' or lines[1][0] != 'bounds:':
+    if len(lines) < 2 or lines[0][1][0] != 'size:' or lines[1][1][0] != 'bounds:':
       raise ValueError('the first lines must be "size: W H" and "bounds: xmin xmax ymin ymax"')
-    size = (int(lines[0][1]), int(lines[0][2]))
-    bounds = tuple(float(b) for b in lines[1][1:5])
-    matrices = np.array([[float(v) for v in line] for line in lines[2:]], np.float64)
+    size = (int(lines[0][1][1]), int(lines[0][1][2]))
+    bounds = tuple(float(b) for b in lines[1][1][1:5])
+    matrices = np.array([[float(v) for v in values] for _, values in lines[2:]], np.float64)
     if matrices.ndim != 2 or matrices.shape[1] != 9:
       raise ValueError('each frame line must hold the 9 entries of a 3x3 matrix')
   except (IndexError, ValueError) as error:
     raise DataError(f'{path} is malformed: {error}') from None
-  if len(matrices) < num_frames:
-    raise DataError(f'{path} has {len(matrices)} homographies for {num_frames} frames')
-  if len(bounds) != 4 or bounds[1] <= bounds[0] or bounds[3] <= bounds[2]:
+  if len(matrices) < len(frame_names):
+    raise DataError(f'{path} has {len(matrices)} homographies for {len(frame_names)} frames')
+  if len(bounds) != 4 or not np.all(np.isfinite(bounds)) or bounds[1] <= bounds[0] or bounds[3] <= bounds[2]:
     raise DataError(f'{path}: bounds must be xmin xmax ymin ymax with max > min')
-  return Homographies(size, bounds, matrices[:num_frames].reshape(-1, 3, 3))
+  matrices = matrices[:len(frame_names)].reshape(-1, 3, 3)
+  for (number, _), matrix, name in zip(lines[2:], matrices, frame_names):
+    problem = ('has a non-finite entry' if not np.all(np.isfinite(matrix)) else
+               'is singular (not invertible)' if np.linalg.matrix_rank(matrix) < 3 else None)
+    if problem:
+      raise DataError(f'{path} line {number} (frame {name}): the matrix {problem}; each line holds the 3x3 '
+                      'world -> frame homography row by row: re-estimate it (python -m data_prep.homographies '
+                      '--overwrite) or fix that line')
+  return Homographies(size, bounds, matrices)
 
 
 def read_video_folder(root: str, use_homographies: bool = False) -> VideoFolder:
@@ -161,8 +168,22 @@ def read_video_folder(root: str, use_homographies: bool = False) -> VideoFolder:
                       f'iuv layers {layer_ids}')
   homographies = None
   if use_homographies:
-    homographies = read_homographies(os.path.join(root, 'homographies.txt'), len(frame_names))
+    homographies = read_homographies(os.path.join(root, 'homographies.txt'), frame_names)
   return VideoFolder(root, frame_names, size_lr, n_textures, layer_ids, order, homographies, metadata)
+
+
+def fingerprint(video: VideoFolder, use_mask_images: bool = False) -> str:
+  """A hash of the names and bytes of every file a dataset is built from, so that a changed video shows."""
+  names = ['metadata.json'] + (['homographies.txt'] if video.homographies is not None else [])
+  folders = [LOW_RES_DIR, HIGH_RES_DIR] + [os.path.join(IUV_DIR, f'{k:02d}') for k in video.layer_ids]
+  folders += [os.path.join(MASK_DIR, f'{k:02d}') for k in video.layer_ids] if use_mask_images else []
+  names += [os.path.join(folder, frame) for folder in folders for frame in video.frame_names]
+  digest = hashlib.sha256()
+  for name in names:
+    if os.path.isfile(video.path(name)):
+      with open(video.path(name), 'rb') as f:
+        digest.update(name.encode() + b'\0' + hashlib.file_digest(f, 'sha256').digest())
+  return digest.hexdigest()[:16]
 
 
 def frame_example(video: VideoFolder, index: int, band_width: int = 20,

@@ -13,6 +13,7 @@ its state-dict key: containers `unet`/`upsampler` drop out, `name_N` is
 import argparse
 import json
 import os
+import pickle
 from typing import Any, Dict, Mapping, Tuple
 
 import flax.linen as nn
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layered_jax import files
+from layered_jax import errors, files
 from layered_jax.models import Kp2UV, LayeredNeuralRenderer
 
 KINDS = ('lnr', 'kp2uv')
@@ -160,6 +161,9 @@ def state_dict_from_variables(variables: Variables) -> Dict[str, np.ndarray]:
 
 def load_torch(path: str, kind: str) -> Tuple[nn.Module, Variables]:
   """Read a reference .pth checkpoint (needs torch) into (module, variables)."""
+  if os.path.isdir(path):
+    raise errors.DataError(f'{path} is a folder; give the .pth file itself (a folder written by layered_jax.convert '
+                           'is read with convert.load)')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'checkpoint {path} does not exist')
   try:
@@ -167,9 +171,14 @@ def load_torch(path: str, kind: str) -> Tuple[nn.Module, Variables]:
   except ImportError:
     raise ImportError(f'reading {path} needs PyTorch: pip install torch==2.13.0 (the CPU build is enough), '
                       'or pip install -r requirements-test.txt') from None
-  state_dict = torch.load(path, map_location='cpu', weights_only=True)
+  try:
+    state_dict = torch.load(path, map_location='cpu', weights_only=True)
+  except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, AttributeError) as error:
+    # torch's messages for these (a text file gives KeyError: 101) do not say what the file is.
+    raise errors.DataError(f'{path} is not a PyTorch state dict saved with torch.save ({type(error).__name__}); give '
+                           'the reference\'s .pth file (e.g. latest_net_LNR.pth or kp2uv.pth)') from None
   if not isinstance(state_dict, Mapping):
-    raise ValueError(f'{path} holds a {type(state_dict).__name__}, not a state dict')
+    raise errors.DataError(f'{path} holds a {type(state_dict).__name__}, not a state dict')
   return variables_from_state_dict(state_dict, kind, source=path)
 
 

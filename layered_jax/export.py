@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layered_jax import distributed, files, input_pipeline, train, viewer
+from layered_jax import dataset, distributed, errors, files, train, viewer
 from layered_jax.models.layers import transmittance_from_above, upsample2x_bilinear
 
 
@@ -52,25 +52,19 @@ def over_checkerboard(rgba: np.ndarray, cell: int = 16) -> np.ndarray:
   return (rgba[..., :3] * alpha + board * (1 - alpha)).astype(np.uint8)
 
 
-def load_variables(config: train.Config, workdir: str, n_textures: int, sample
-                   ) -> Tuple[Dict, bool, Optional[Dict]]:
-  """(variables, whether the upsampler was trained, training facts) from the workdir's latest checkpoint.
+def load_variables(config: train.Config, workdir: str, meta, sample) -> Tuple[Dict, bool, Optional[Dict]]:
+  """(variables, whether the upsampler was trained, training facts) from the workdir's newest usable checkpoint.
 
   The facts are {'steps', 'epoch', 'stage'}; None for a converted reference checkpoint.
   """
-  module = train.make_module(config, n_textures)
-  manager = train.checkpoint_manager(workdir, config.keep_checkpoints)
-  progress = train.restore_progress(manager)
-  if progress is None:
+  n_textures = int(meta['n_textures'])
+  checkpoints, restored = train.restore(config, workdir, meta, train.make_module(config, n_textures), sample)
+  if restored is None:
     if config.init_checkpoint:  # a converted reference checkpoint, exported as is
       return train.converted_variables(config.init_checkpoint, n_textures), True, None
-    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train first (--config.mode=train) '
-                            'or set --config.init_checkpoint to a converted reference checkpoint')
-  if progress.n_textures != n_textures:
-    raise ValueError(f'the checkpoint in {workdir} has n_textures={progress.n_textures}, '
-                     f'the dataset {n_textures}; export with the config it was trained with')
-  state = train.restore_state(manager, train.create_train_state(
-      jax.random.PRNGKey(0), module, sample, config.lr, progress.stage, abstract=True))
+    raise errors.WorkdirError(f'no checkpoint in {checkpoints.directory}: train first (--config.mode=train) or set '
+                              '--config.init_checkpoint to a converted reference checkpoint')
+  state, progress = restored
   training = {'steps': int(state.step), 'epoch': progress.epoch, 'stage': progress.stage}
   return {'params': state.params, 'batch_stats': state.batch_stats}, progress.stage == 'upsample', training
 
@@ -79,15 +73,15 @@ def export(config: train.Config, workdir: str) -> str:
   """Renders every frame and writes the export folder; returns its path.
 
   Every process of a multi-process run calls it (restoring a checkpoint is collective);
-  process 0 alone renders and writes.
+  process 0 alone renders and writes. Reads the dataset data_prep.prepare built.
   """
   out_dir = os.path.abspath(config.export_dir or os.path.join(workdir, 'export'))
-  dataset_dir = input_pipeline.prepare_dataset(config, workdir)
-  distributed.barrier('export dataset ready')
-  frames, meta = input_pipeline.load_dataset(dataset_dir)
+  dataset_dir = dataset.location(config, workdir)
+  frames, meta = dataset.load(dataset_dir)
+  dataset.check_built_for(meta, config, dataset_dir)
   n_textures = int(meta['n_textures'])
   sample = {k: jnp.asarray(frames[k][:1]) for k in ('uv', 'pids')}
-  variables, upsampler_trained, training = load_variables(config, workdir, n_textures, sample)
+  variables, upsampler_trained, training = load_variables(config, workdir, meta, sample)
   if not distributed.is_primary():
     return out_dir
   high_res = config.export_high_res and upsampler_trained
@@ -100,6 +94,7 @@ def export(config: train.Config, workdir: str) -> str:
     layers = transfer_detail(out['layers'], target, out['reconstruction'])
     return layers.at[:, 0, ..., 3].set(1.), out['reconstruction']
 
+  print(f'export: compiling the renderer, then {len(meta["frame_names"])} frames to {out_dir}', flush=True)
   with files.staged_directory(out_dir, overwrite=True) as staging:
     _write_export(staging, frames, meta, render, high_res, config.fps, training)
   return out_dir

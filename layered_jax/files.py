@@ -5,6 +5,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -16,12 +17,16 @@ import numpy as np
 
 @contextlib.contextmanager
 def staged_directory(final: str, overwrite: bool = False) -> Iterator[str]:
-  """Yields a staging folder beside `final`; renamed to `final` if the block succeeds, removed if not."""
+  """Yields a staging folder beside `final`; renamed to `final` if the block succeeds, removed if not.
+
+  Staging folders of `final` left by a killed run are removed first.
+  """
   final = os.path.abspath(final)
   if os.path.exists(final) and not overwrite:
     raise FileExistsError(f'{final} exists; pass --overwrite to replace it')
   parent = os.path.dirname(final)
   os.makedirs(parent, exist_ok=True)
+  remove_stale_staging(final)
   staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(final)}-', dir=parent)
   try:
     yield staging
@@ -30,6 +35,15 @@ def staged_directory(final: str, overwrite: bool = False) -> Iterator[str]:
     os.rename(staging, final)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging(final: str) -> None:
+  """Removes the staging folders of `final` (.NAME-xxxxxxxx beside it) that a killed run left."""
+  parent = os.path.dirname(os.path.abspath(final))
+  stale = re.compile(rf'\.{re.escape(os.path.basename(os.path.abspath(final)))}-[a-z0-9_]{{8}}')  # mkdtemp's names
+  for name in os.listdir(parent) if os.path.isdir(parent) else ():
+    if stale.fullmatch(name):
+      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -12,54 +12,15 @@ offset jitter_rgb * N(0, 1), clamped to [-1, 1]. The resize-and-crop is
 computed as a sampling of the original grid, so shapes stay static under jit.
 """
 
-import os
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layered_jax import distributed
-
 Frames = Mapping[str, np.ndarray]  # rgb, rgb_hr uint8; uv, trimap, pids float32; frame_index
 JITTER_PROBABILITY = 0.75
 MAX_SCALE = 1.25
-
-
-def frame_features(num_layers: int, width: int, height: int) -> Dict[str, Tuple[Tuple[int, ...], type]]:
-  """(shape, dtype) of each feature of a frame as data_prep.build stores it (num_layers with the background)."""
-  return {
-      'rgb': ((height, width, 3), np.uint8),
-      'rgb_hr': ((2 * height, 2 * width, 3), np.uint8),
-      'uv': ((num_layers, height, width, 2), np.float32),
-      'trimap': ((num_layers, height, width), np.float32),
-      'pids': ((num_layers, height, width), np.float32),
-      'frame_index': ((), np.int64),
-  }
-
-
-def prepare_dataset(config, workdir: str) -> str:
-  """The video's dataset directory, built on first use (after generating the video for synthetic configs).
-
-  Only process 0 builds; in a multi-process run the others wait at a barrier after this call.
-  """
-  from data_prep import build, synthetic
-  data_dir = config.data_dir or os.path.join(workdir, 'data')
-  dataset_dir = os.path.join(data_dir, build.DATASET_NAME, build.DATASET_VERSION)
-  if distributed.is_primary():
-    if config.get('synthetic') and not os.path.exists(config.dataroot):
-      print(f'generating the synthetic video {config.dataroot}', flush=True)
-      synthetic.generate(config.dataroot, **config.synthetic)
-    if not os.path.isdir(dataset_dir):
-      print(f'building the dataset of {config.dataroot} in {data_dir}', flush=True)
-      build.build(config.dataroot, data_dir, config.trimap_width, config.use_homographies, config.use_mask_images)
-  return dataset_dir
-
-
-def load_dataset(dataset_dir: str) -> Tuple[Dict[str, np.ndarray], Dict]:
-  """(all frames as stacked arrays, the builder's metadata), without TensorFlow."""
-  from data_prep import build
-  return build.load_frames(dataset_dir), build.dataset_metadata(dataset_dir)
 
 
 def epoch_indices(num_frames: int, global_batch_size: int, seed: int, epoch: int) -> np.ndarray:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layered_jax import input_pipeline, train
+from layered_jax import dataset, input_pipeline, train
 
 Config = train.Config
 GIB = 2 ** 30
@@ -39,9 +39,9 @@ def compiled_bytes(compiled) -> int:
 
 
 def frame_shapes(num_frames: int, num_layers: int, width: int, height: int) -> Dict[str, jax.ShapeDtypeStruct]:
-  """The video as input_pipeline.load_dataset returns it (num_layers counts the background)."""
+  """The video as dataset.load returns it (num_layers counts the background)."""
   return {name: jax.ShapeDtypeStruct((num_frames,) + shape, dtype)
-          for name, (shape, dtype) in input_pipeline.frame_features(num_layers, width, height).items()}
+          for name, (shape, dtype) in dataset.frame_features(num_layers, width, height).items()}
 
 
 def video_bytes(frames: Dict[str, jax.ShapeDtypeStruct]) -> int:

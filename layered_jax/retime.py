@@ -29,20 +29,42 @@ OUT/contact_sheet.png (before/after for a few frames).
 import argparse
 import dataclasses
 import json
+import math
+import numbers
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from layered_jax import files, viewer
+from layered_jax import errors, files, viewer
 from layered_jax.models.layers import composite
 
 TIME_KEYS = {'offset', 'speed', 'keyframes', 'freeze'}
 LAYER_KEYS = TIME_KEYS | {'hide', 'duplicate'}
 
 
-class SpecError(ValueError):
+class SpecError(errors.UserError, ValueError):
   """A retiming spec that cannot be applied; the message says what is wrong."""
+
+
+def _number(value, where: str) -> float:
+  """A finite JSON/YAML number (not a string, bool or NaN)."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    raise SpecError(f'{where} must be a finite number, not {value!r}')
+  return float(value)
+
+
+def _whole(value, where: str) -> int:
+  number = _number(value, where)
+  if number != int(number):
+    raise SpecError(f'{where} must be a whole number, not {value!r}')
+  return int(number)
+
+
+def _of_type(value, kind: type, where: str, example: str):
+  if not isinstance(value, kind):
+    raise SpecError(f'{where} must be a {kind.__name__} like {example}, not {value!r}')
+  return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,37 +123,39 @@ class Plan:
 
 
 def _time_map(spec: Mapping, where: str) -> TimeMap:
+  _of_type(spec, dict, where, '{"offset": 8}')
   unknown = set(spec) - TIME_KEYS
   if unknown:
     raise SpecError(f'{where}: unknown keys {sorted(unknown)}; a time map takes {sorted(TIME_KEYS)}')
   if 'keyframes' in spec and ({'offset', 'speed'} & set(spec)):
     raise SpecError(f'{where}: keyframes replace offset and speed; give one or the other')
-  speed = float(spec.get('speed', 1.))
+  speed = _number(spec.get('speed', 1.), f'{where}: speed')
   if speed <= 0:
     raise SpecError(f'{where}: speed {speed} must be positive (use keyframes to play backwards)')
   keyframes = None
   if 'keyframes' in spec:
-    try:
-      keyframes = tuple((float(a), float(b)) for a, b in spec['keyframes'])
-    except (TypeError, ValueError):
-      raise SpecError(f'{where}: keyframes must be [[output_frame, source_frame], ...]') from None
+    points = _of_type(spec['keyframes'], list, f'{where}: keyframes', '[[output_frame, source_frame], ...]')
+    if not all(isinstance(p, list) and len(p) == 2 for p in points):
+      raise SpecError(f'{where}: keyframes must be [[output_frame, source_frame], ...], not {points!r}')
+    keyframes = tuple((_number(a, f'{where}: keyframe {a!r}'), _number(b, f'{where}: keyframe {b!r}'))
+                      for a, b in points)
     outs = [k[0] for k in keyframes]
     if len(keyframes) < 2 or any(b <= a for a, b in zip(outs, outs[1:])):
       raise SpecError(f'{where}: keyframes need at least two points with increasing output frames')
   freezes = []
-  for freeze in spec.get('freeze', []):
-    try:
-      start, end = int(freeze['from']), int(freeze['to'])
-    except (TypeError, KeyError, ValueError):
-      raise SpecError(f'{where}: each freeze is {{"from": frame, "to": frame, "source": frame}}') from None
+  for freeze in _of_type(spec.get('freeze', []), list, f'{where}: freeze', '[{"from": 10, "to": 30}]'):
+    if not isinstance(freeze, dict) or not {'from', 'to'} <= set(freeze) <= {'from', 'to', 'source'}:
+      raise SpecError(f'{where}: each freeze is {{"from": frame, "to": frame, "source": frame}}, not {freeze!r}')
+    start, end = _whole(freeze['from'], f'{where}: freeze "from"'), _whole(freeze['to'], f'{where}: freeze "to"')
     if end < start:
       raise SpecError(f'{where}: freeze from {start} to {end} ends before it starts')
-    freezes.append((start, end, freeze.get('source')))
+    source = freeze.get('source')
+    freezes.append((start, end, None if source is None else _number(source, f'{where}: freeze "source"')))
   freezes.sort()
   for (a0, a1, _), (b0, b1, _) in zip(freezes, freezes[1:]):
     if b0 <= a1:
       raise SpecError(f'{where}: freezes {a0}-{a1} and {b0}-{b1} overlap')
-  partial = TimeMap(float(spec.get('offset', 0.)), speed, keyframes)
+  partial = TimeMap(_number(spec.get('offset', 0.), f'{where}: offset'), speed, keyframes)
   # A freeze without "source" holds the frame shown at its start.
   resolved = tuple((a, b, float(s) if s is not None else float(partial(np.array([a]))[0]))
                    for a, b, s in freezes)
@@ -140,19 +164,20 @@ def _time_map(spec: Mapping, where: str) -> TimeMap:
 
 def parse_spec(spec: Mapping, video: LayerVideo) -> Plan:
   """Checks a spec against the layers and turns it into per-layer time maps."""
+  _of_type(spec, dict, 'the spec', '{"layers": {"1": {"offset": 8}}}')
   unknown = set(spec) - {'length', 'order', 'blend', 'layers'}
   if unknown:
     raise SpecError(f'unknown top-level keys {sorted(unknown)}; use length, order, blend, layers')
-  length = int(spec.get('length', video.num_frames))
+  length = _whole(spec.get('length', video.num_frames), 'length')
   if length <= 0:
     raise SpecError(f'length {length} must be positive')
-  layers = {str(k): v for k, v in spec.get('layers', {}).items()}
+  layers = {str(k): v for k, v in _of_type(spec.get('layers', {}), dict, 'layers', '{"1": {"offset": 8}}').items()}
   bad_ids = sorted(k for k in layers if not k.isdigit() or int(k) not in video.layer_ids)
   if bad_ids:
     raise SpecError(f'unknown layer ids {bad_ids}; this video has {video.layer_ids}')
   copies = {}
   for layer in video.layer_ids:
-    entry = layers.get(str(layer), {})
+    entry = _of_type(layers.get(str(layer), {}), dict, f'layer {layer}', '{"offset": 8}')
     unknown = set(entry) - LAYER_KEYS
     if unknown:
       raise SpecError(f'layer {layer}: unknown keys {sorted(unknown)}; use {sorted(LAYER_KEYS)}')
@@ -161,11 +186,12 @@ def parse_spec(spec: Mapping, video: LayerVideo) -> Plan:
         raise SpecError('layer 0 is the background; it cannot be hidden')
       continue
     maps = [_time_map({k: v for k, v in entry.items() if k in TIME_KEYS}, f'layer {layer}')]
-    maps += [_time_map(d, f'layer {layer} duplicate {i + 1}') for i, d in enumerate(entry.get('duplicate', []))]
+    duplicates = _of_type(entry.get('duplicate', []), list, f'layer {layer}: duplicate', '[{"offset": -4}]')
+    maps += [_time_map(d, f'layer {layer} duplicate {i + 1}') for i, d in enumerate(duplicates)]
     copies[layer] = maps
   order = spec.get('order')
   if order is not None:
-    order = [int(k) for k in order]
+    order = [_whole(k, 'order entry') for k in _of_type(order, list, 'order', '[2, 1]')]
     people = sorted(k for k in video.layer_ids if k != 0)
     if sorted(order) != people:
       raise SpecError(f'order {order} must list each people layer once: {people}')
@@ -247,7 +273,10 @@ def _load_spec(path: str) -> Dict:
     text = f.read()
   if path.endswith(('.yaml', '.yml')):
     import yaml
-    return yaml.safe_load(text)
+    try:
+      return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+      raise SpecError(f'{path} is not valid YAML: {" ".join(str(error).split())}') from None
   try:
     return json.loads(text)
   except json.JSONDecodeError as error:

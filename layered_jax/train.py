@@ -3,8 +3,10 @@
 Pure functions over explicit state. `train_step` and `upsample_train_step`
 take the pmap axis name, across which gradients, loss terms and BatchNorm
 statistics are averaged, so a global batch gives the same result on any
-number of devices. TensorFlow Datasets and CLU are imported by the loop only:
-the state and steps import without them.
+number of devices. The loop's machinery (checkpoints of finite states, the NaN
+stop, progress lines, replication, config checks) is layered_jax.loop's, shared
+with the other trainers. TensorFlow Datasets and CLU are imported by the loop
+only: the state and steps import without them.
 """
 
 import dataclasses
@@ -20,17 +22,29 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from layered_jax import distributed, input_pipeline, losses
+from layered_jax import dataset, errors, input_pipeline, loop, losses
+from layered_jax.loop import first_replica, replicate
 from layered_jax.models import LayeredNeuralRenderer
 from layered_jax.models.layers import upsample2x_bilinear
 
 Config = Any  # an ml_collections.ConfigDict; not imported, the GPU images lack ml_collections
 Batch = Mapping[str, jax.Array]  # uv [B,L,H,W,2], pids [B,L,H,W], trimap [B,L,H,W], rgb [B,H,W,3]
-AXIS = 'batch'
+MODES = ('train', 'export', 'train_and_export')
 STAGES = ('layers', 'upsample')
 BATCH_SIZE_OPTION = {'layers': 'batch_size', 'upsample': 'batch_size_upsample'}  # the config field per stage
 DEVICE_FRAMES = ('rgb', 'rgb_hr', 'uv', 'pids', 'trimap')  # what every device holds of the whole video
 LOSS_WEIGHT_NAMES = ('lambda_alpha_l1', 'lambda_alpha_l0', 'lambda_mask')
+MODEL_SIZES = ('num_filters', 'texture_res', 'texture_channels')  # config fields the parameters' shapes follow
+FIELD_RULES = {
+    **{name: loop.POSITIVE_INT for name in ('n_epochs', 'batch_size', 'batch_size_upsample', 'num_filters',
+                                            'texture_res', 'texture_channels', 'crop_size', 'log_every_steps',
+                                            'image_every_epochs', 'checkpoint_every_epochs', 'keep_checkpoints')},
+    **{name: loop.NON_NEGATIVE_INT for name in ('n_epochs_upsample', 'trimap_width', 'alpha_l1_rolloff_epoch',
+                                                'jitter_epochs', 'seed')},
+    **{name: loop.POSITIVE for name in ('lr', 'report_every_secs', 'fps')},
+    **{name: loop.NON_NEGATIVE for name in ('lambda_alpha_l1', 'lambda_alpha_l0', 'lambda_mask', 'mask_thresh',
+                                            'jitter_rgb')},
+}
 
 
 class TrainState(train_state.TrainState):
@@ -82,24 +96,6 @@ def create_train_state(rng: jax.Array, module: nn.Module, batch: Batch, learning
   return make_train_state(module, init_variables(rng, module, batch), learning_rate, stage)
 
 
-def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
-  """One copy per local device (or per given device), laid out for pmap, broadcast on the host.
-
-  The layout is the one pmap gives the outputs of a step with axis name AXIS, so
-  feeding a step its own output does not compile it a second time.
-  """
-  devices = list(devices or jax.local_devices())
-  mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
-  return jax.tree_util.tree_map(
-      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), sharding), tree)
-
-
-def first_replica(tree: Any) -> Any:
-  """Replica 0 of a pmapped tree, as NumPy on the host (no per-leaf device op)."""
-  return jax.tree_util.tree_map(lambda x: np.asarray(x)[0], tree)
-
-
 def train_step(state: TrainState, batch: Batch, loss_weights: Mapping[str, jax.Array],
                axis_name: Optional[str] = None) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One Adam step on the low-resolution losses; returns the new state and the loss terms."""
@@ -113,7 +109,7 @@ def train_step(state: TrainState, batch: Batch, loss_weights: Mapping[str, jax.A
   grads, (terms, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
   if axis_name is not None:
     grads, terms = jax.lax.pmean((grads, terms), axis_name)
-  return state.apply_gradients(grads=grads, batch_stats=batch_stats), terms
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats), dict(terms, grad_norm=optax.tree.norm(grads))
 
 
 def upsample_train_step(state: TrainState, batch: Batch, axis_name: Optional[str] = None
@@ -132,14 +128,20 @@ def upsample_train_step(state: TrainState, batch: Batch, axis_name: Optional[str
   terms = {'total': recon, 'recon': recon}
   if axis_name is not None:
     grads, terms = jax.lax.pmean((grads, terms), axis_name)
-  return state.apply_gradients(grads=grads, batch_stats=batch_stats), terms
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats), dict(terms, grad_norm=optax.tree.norm(grads))
 
 
 def stage_step(stage: str, axis_name: Optional[str] = None):
-  """A stage's step as f(state, batch, loss_weights); the upsampling stage has no weighted terms."""
+  """A stage's step as f(state, batch, loss_weights) -> (state, terms: the loss terms and the gradient's norm)."""
   if stage == 'layers':
     return lambda state, batch, weights: train_step(state, batch, weights, axis_name)
   return lambda state, batch, weights: upsample_train_step(state, batch, axis_name)
+
+
+def pmapped_step(stage: str, devices: Optional[Sequence[jax.Device]] = None):
+  """A stage's step under pmap over the local (or given) devices; the state is donated."""
+  return jax.pmap(stage_step(stage, loop.AXIS), axis_name=loop.AXIS, in_axes=(0, 0, None), donate_argnums=(0,),
+                  devices=devices)
 
 
 # --- The reference's schedule (spec section 4), in its 1-based epochs. ---
@@ -184,73 +186,48 @@ def update_schedule(schedule: Mapping[str, float], epoch: int, previous_mask_los
 
 @dataclasses.dataclass
 class Progress:
-  """What a checkpoint holds besides the train state."""
+  """What a checkpoint holds besides the train state (and the identity of what it was trained on)."""
   stage: str
   epoch: int  # the last completed epoch (1-based, continuing across stages); 0 before training
   schedule: Dict[str, float]
   last_mask_loss: Optional[float]
-  n_textures: int
-  num_layers: int
-  size_lr: Tuple[int, int]
-
-
-def checkpoint_manager(workdir: str, keep: int):
-  import orbax.checkpoint as ocp
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options)
-
-
-def _save(manager, state: TrainState, progress: Progress) -> None:
-  import orbax.checkpoint as ocp
-  manager.save(progress.epoch, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(first_replica(state)),
-      progress=ocp.args.JsonSave(dataclasses.asdict(progress))))
-  manager.wait_until_finished()
-
-
-def restore_progress(manager) -> Optional[Progress]:
-  import orbax.checkpoint as ocp
-  step = manager.latest_step()
-  if step is None:
-    return None
-  meta = manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))['progress']
-  meta['size_lr'] = tuple(meta['size_lr'])
-  return Progress(**meta)
-
-
-def restore_state(manager, abstract: TrainState) -> TrainState:
-  """The latest checkpoint's train state; abstract from create_train_state(..., abstract=True)."""
-  import orbax.checkpoint as ocp
-  return manager.restore(manager.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))['state']
 
 
 def check_config(config: Config) -> None:
-  """Fails before any compute on settings that cannot work, saying what to change."""
+  """Fails before any compute on settings that cannot work, naming the field and what to change."""
+  loop.check_fields(config, FIELD_RULES)
+  if config.mode not in MODES:
+    raise errors.ConfigError(f'config.mode={config.mode!r}: use one of {", ".join(map(repr, MODES))}')
+  if config.dtype not in ('float32', 'bfloat16'):
+    raise errors.ConfigError(f"config.dtype={config.dtype!r}: use 'float32' or 'bfloat16'")
   if not config.dataroot:
-    raise ValueError('config.dataroot is empty: pass --config.dataroot=/path/to/video_folder')
+    raise errors.ConfigError('config.dataroot is empty: pass --config.dataroot=/path/to/video_folder')
   if not os.path.isdir(config.dataroot) and not config.get('synthetic'):
-    raise ValueError(f'config.dataroot {config.dataroot} does not exist; point it at a video folder '
-                     '(see data_prep) or use configs/demo.py for a synthetic one')
+    raise errors.ConfigError(f'config.dataroot {config.dataroot} does not exist; point it at a video folder '
+                             '(see data_prep) or use configs/demo.py for a synthetic one')
   devices = jax.device_count()
   for name in BATCH_SIZE_OPTION.values():
     if config[name] % devices:
-      raise ValueError(f'config.{name}={config[name]} does not split over {devices} devices; '
-                       f'use a multiple of {devices}')
-  if not np.isfinite(config.lr) or config.lr <= 0:
-    raise ValueError(f'config.lr={config.lr} must be a positive number (the reference uses 1e-3)')
-  if config.dtype not in ('float32', 'bfloat16'):
-    raise ValueError(f"config.dtype={config.dtype!r}: use 'float32' or 'bfloat16'")
+      raise errors.ConfigError(f'config.{name}={config[name]} does not split over {devices} devices; '
+                               f'use a multiple of {devices}')
 
 
-def _check_compatible(progress: Progress, n_textures: int, num_layers: int, size_lr, workdir: str) -> None:
-  have = (progress.n_textures, progress.num_layers, tuple(progress.size_lr))
-  want = (n_textures, num_layers, tuple(size_lr))
-  if have != want:
-    raise ValueError(
-        f'{workdir} holds a checkpoint for n_textures={have[0]}, {have[1]} layers, size {have[2][0]}x{have[2][1]}; '
-        f'the dataset has n_textures={want[0]}, {want[1]} layers, size {want[2][0]}x{want[2][1]}. '
-        'Use a new --workdir for this video.')
+def run_identity(config: Config, meta: Mapping) -> Dict[str, Any]:
+  """What a workdir's checkpoints are trained on: the dataset's identity and the model's sizes."""
+  return {**meta['identity'], **{name: config[name] for name in MODEL_SIZES}}
+
+
+def restore(config: Config, workdir: str, meta: Mapping, module: LayeredNeuralRenderer, sample: Batch
+            ) -> Tuple[loop.Checkpoints, Optional[Tuple[TrainState, Progress]]]:
+  """The workdir's checkpoints and the newest usable (state, progress), checked against this run's identity."""
+  checkpoints = loop.Checkpoints(workdir, config.keep_checkpoints, run_identity(config, meta))
+  rng = jax.random.PRNGKey(config.seed)
+  restored = checkpoints.restore(
+      lambda record: create_train_state(rng, module, sample, config.lr, record['stage'], abstract=True))
+  if restored is None:
+    return checkpoints, None
+  state, record = restored
+  return checkpoints, (state, Progress(**record))
 
 
 def _visuals(module: LayeredNeuralRenderer, state: TrainState, frames: Mapping[str, np.ndarray]
@@ -272,36 +249,35 @@ def _visuals(module: LayeredNeuralRenderer, state: TrainState, frames: Mapping[s
 def train_and_evaluate(config: Config, workdir: str) -> TrainState:
   """Trains both stages, resuming from workdir, writing metrics and checkpoints there.
 
+  Reads the dataset data_prep.prepare built (layered_jax.main prepares it first).
   Returns the final state (on the host, unreplicated).
   """
-  from clu import metric_writers
   check_config(config)
-  dataset_dir = input_pipeline.prepare_dataset(config, workdir)
-  distributed.barrier('dataset ready')  # process 0 built it
-  frames, meta = input_pipeline.load_dataset(dataset_dir)
-  num_frames, num_layers = frames['uv'].shape[:2]
-  size_lr = tuple(meta['size_lr'])
+  dataset_dir = dataset.location(config, workdir)
+  frames, meta = dataset.load(dataset_dir)
+  dataset.check_built_for(meta, config, dataset_dir)
+  num_frames, num_layers, height, width = frames['uv'].shape[:4]
+  if config.do_upsampling and config.n_epochs_upsample and config.crop_size > 2 * min(height, width):
+    raise errors.ConfigError(f'config.crop_size={config.crop_size} is larger than the 2x frames '
+                             f'({2 * width}x{2 * height}); use --config.crop_size={2 * min(height, width)} or less')
   n_textures = int(meta['n_textures'])
-  module = make_module(config, n_textures, axis_name=AXIS)
+  module = make_module(config, n_textures, axis_name=loop.AXIS)
   sample = {k: jnp.asarray(frames[k][:1]) for k in ('uv', 'pids')}
-  rng = jax.random.PRNGKey(config.seed)
-
-  manager = checkpoint_manager(workdir, config.keep_checkpoints)
-  progress = restore_progress(manager)
-  if progress is not None:
-    _check_compatible(progress, n_textures, num_layers, size_lr, workdir)
-    logging.info('resuming from epoch %d (%s stage)', progress.epoch, progress.stage)
+  checkpoints, restored = restore(config, workdir, meta, module, sample)
+  if restored is not None:
+    state, progress = restored
     state_stage = progress.stage
-    state = restore_state(manager, create_train_state(rng, module, sample, config.lr, state_stage, abstract=True))
+    if jax.process_index() == 0:
+      print(f'resuming from epoch {progress.epoch} ({progress.stage} stage)', flush=True)
   else:
-    progress = Progress('layers', 0, initial_schedule(config), None, n_textures, num_layers, size_lr)
+    progress = Progress('layers', 0, initial_schedule(config), None)
     if config.init_checkpoint:
       variables = converted_variables(config.init_checkpoint, n_textures)
     else:
-      variables = init_variables(rng, module, sample)
+      variables = init_variables(jax.random.PRNGKey(config.seed), module, sample)
     state, state_stage = make_train_state(module, variables, config.lr), 'layers'
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = loop.metric_writer(workdir)
   frames_on_devices = replicate({k: frames[k] for k in DEVICE_FRAMES})
   visual_frames = {k: frames[k][:min(4, num_frames)] for k in ('uv', 'pids', 'rgb')}
   upsample_epochs = config.n_epochs_upsample if config.do_upsampling else 0
@@ -317,7 +293,7 @@ def train_and_evaluate(config: Config, workdir: str) -> TrainState:
       state = make_train_state(module, {'params': state.params, 'batch_stats': state.batch_stats}, config.lr,
                                stage, state.step)
     replicated, progress = _train_stage(config, workdir, module, stage, first, last, replicate(state),
-                                        progress, frames_on_devices, num_frames, manager, writer, visual_frames)
+                                        progress, frames_on_devices, num_frames, checkpoints, writer, visual_frames)
     state, state_stage = first_replica(replicated), stage
   writer.flush()
   return state
@@ -328,33 +304,39 @@ def converted_variables(path: str, n_textures: int) -> Dict:
   from layered_jax import convert
   module, variables = convert.load(path)
   if module.n_textures != n_textures:
-    raise ValueError(f'{path} was trained with n_textures={module.n_textures}, this video has {n_textures}')
+    raise errors.ConfigError(f'config.init_checkpoint {path} was trained with n_textures={module.n_textures}, '
+                             f'this video has {n_textures}: convert a checkpoint of a video with as many people')
   return variables
 
 
+def _scalars(terms: Mapping[str, Any]) -> Dict[str, float]:
+  """A step's terms on the host: loss terms as loss/NAME, the gradient's global norm as grad_norm."""
+  return {(k if k == 'grad_norm' else f'loss/{k}'): float(v) for k, v in first_replica(terms).items()}
+
+
 def _train_stage(config, workdir, module, stage, first, last, state, progress, frames_on_devices, num_frames,
-                 manager, writer, visual_frames):
+                 checkpoints, writer, visual_frames):
   """Epochs first..last of one stage; checkpoints at epoch ends, so a resume replays no step."""
   from clu import periodic_actions
   process_count, process_index = jax.process_count(), jax.process_index()
   devices = jax.local_device_count()
   batch_size = config[BATCH_SIZE_OPTION[stage]]
   steps_per_epoch = -(-num_frames // batch_size)
-  p_step = jax.pmap(stage_step(stage, AXIS), axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+  p_step = pmapped_step(stage)
   if stage == 'layers':
     p_batch = jax.pmap(input_pipeline.make_batch_fn(scale_jitter=True), in_axes=(0, 0, 0, None))
   else:
     p_batch = jax.pmap(lambda rng, f, idx, jitter: input_pipeline.upsampling_batch_fn(rng, f, idx, config.crop_size),
                        in_axes=(None, 0, 0, None))
   total_steps = (last - first + 1) * steps_per_epoch
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                           every_secs=config.report_every_secs)
-  hooks = [report]
-  if config.profile and process_index == 0:
-    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
-  last_log, memory_checked = (time.time(), 0), False
+  reporter = loop.Reporter(f'{stage} stage', total_steps, config.report_every_secs)
+  watch = loop.DivergenceWatch()
+  profile = periodic_actions.Profile(logdir=workdir, num_profile_steps=5) if config.profile and process_index == 0 \
+      else None
+  last_log, compiled = (time.time(), 0), False
   step_in_stage = (progress.epoch + 1 - first) * steps_per_epoch if progress.epoch >= first else 0
   for epoch in range(max(first, progress.epoch + 1), last + 1):
+    where = f'epoch {epoch}'
     schedule = update_schedule(progress.schedule, epoch, progress.last_mask_loss, config, first)
     weights = {k: jnp.float32(schedule[k]) for k in LOSS_WEIGHT_NAMES}
     indices = input_pipeline.epoch_indices(num_frames, batch_size, config.seed, epoch)
@@ -368,32 +350,39 @@ def _train_stage(config, workdir, module, stage, first, last, state, progress, f
                         jnp.float32(schedule['jitter_rgb']))
       else:
         batch = p_batch(step_rng, frames_on_devices, device_indices, 0.)
-      if not memory_checked:  # compiled ahead of the first step (p_step reuses it) to check its memory
+      if not compiled:  # compiled ahead of the first step (p_step reuses it) to check its memory
+        reporter.compiling()
         _warn_if_too_large(config, stage, p_step.lower(state, batch, weights).compile(), frames_on_devices,
                            module.n_textures, batch_size // devices)
-        memory_checked = True
+        compiled = True
       state, terms = p_step(state, batch, weights)
       step_in_stage += 1
-      for hook in hooks:
-        hook(step_in_stage)
-      if step_in_stage % config.log_every_steps == 0 or step_in_stage == total_steps:
-        now = time.time()
-        rate = (step_in_stage - last_log[1]) / max(now - last_log[0], 1e-9)
-        last_log = (now, step_in_stage)
-        scalars = {f'loss/{k}': float(v) for k, v in first_replica(terms).items()}
-        scalars.update({f'weights/{k}': v for k, v in schedule.items()})
-        scalars.update({'learning_rate': config.lr, 'steps_per_sec': rate, 'frames_per_sec': rate * batch_size,
-                        'epoch': epoch})
-        _stop_if_not_finite(scalars, epoch, manager, workdir)
-        writer.write_scalars(int(first_replica(state.step)), scalars)
-    last_terms = first_replica(terms)
-    _stop_if_not_finite({f'loss/{k}': float(v) for k, v in last_terms.items()}, epoch, manager, workdir)
+      if profile:
+        profile(step_in_stage)
+      logged = step_in_stage % config.log_every_steps == 0 or step_in_stage == total_steps
+      due = reporter.due(step_in_stage)
+      if logged or due:
+        scalars = _scalars(terms)
+        loop.stop_if_not_finite(scalars, where, checkpoints)
+        watch(scalars, where)
+        if due:
+          reporter.report(step_in_stage, scalars, f'{where}/{last}, ')
+        if logged:
+          now = time.time()
+          rate = (step_in_stage - last_log[1]) / max(now - last_log[0], 1e-9)
+          last_log = (now, step_in_stage)
+          scalars.update({f'weights/{k}': v for k, v in schedule.items()})
+          scalars.update({'learning_rate': config.lr, 'steps_per_sec': rate, 'frames_per_sec': rate * batch_size,
+                          'epoch': epoch})
+          writer.write_scalars(int(first_replica(state.step)), scalars)
+    last_terms = _scalars(terms)
+    loop.stop_if_not_finite(last_terms, where, checkpoints)
     progress = dataclasses.replace(progress, epoch=epoch, schedule=schedule,
-                                   last_mask_loss=float(last_terms['mask']) if 'mask' in last_terms else None)
+                                   last_mask_loss=last_terms.get('loss/mask'))
     if epoch % config.image_every_epochs == 0 and process_index == 0:
       writer.write_images(int(first_replica(state.step)), _visuals(module, state, visual_frames))
     if epoch % config.checkpoint_every_epochs == 0 or epoch == last:
-      _save(manager, state, progress)
+      checkpoints.save(epoch, first_replica(state), progress)
   return state, progress
 
 
@@ -409,13 +398,3 @@ def _warn_if_too_large(config, stage: str, compiled, frames_on_devices, n_textur
   plan = memory.plan_stage(config, stage, num_frames, n_textures, num_layers, width, height, per_device_batch)
   logging.warning(memory.too_large_message(plan, limit, BATCH_SIZE_OPTION[stage], jax.device_count())
                   or f'the {stage} stage may not fit in {limit / 2 ** 30:.2f} GiB per device')
-
-
-def _stop_if_not_finite(scalars: Mapping[str, float], epoch: int, manager, workdir: str) -> None:
-  bad = sorted(k for k, v in scalars.items() if k.startswith('loss/') and not np.isfinite(v))
-  if bad:
-    kept = manager.latest_step()
-    kept = f'the last good checkpoint (epoch {kept}) is kept in {workdir}/checkpoints' if kept is not None \
-        else 'no checkpoint had been written yet'
-    raise FloatingPointError(f'{", ".join(bad)} became {scalars[bad[0]]} in epoch {epoch}; training stopped and '
-                             f'{kept}. Lower --config.lr or check the data, then run again to resume.')

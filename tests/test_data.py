@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from data_prep import build, synthetic, video_folder
+from layered_jax import dataset
 from tests.reference_inputs import reference_frame
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,8 +95,8 @@ find = importlib.machinery.PathFinder.find_spec
 importlib.machinery.PathFinder.find_spec = classmethod(
     lambda cls, name, path=None, target=None: None if name.split('.')[0] == 'tensorflow' else find(name, path, target))
 import numpy as np
-from data_prep import build
-frames = build.load_frames({dataset_dir!r})
+from layered_jax import dataset
+frames = dataset.load_frames({dataset_dir!r})
 assert 'tensorflow' not in sys.modules
 np.savez({str(tmp_path / 'frames.npz')!r}, **frames)
 '''
@@ -108,8 +109,10 @@ np.savez({str(tmp_path / 'frames.npz')!r}, **frames)
     example = video_folder.frame_example(folder, index)
     for key, value in example.items():
       np.testing.assert_array_equal(frames[key][index], value, err_msg=key)
-  meta = build.dataset_metadata(dataset_dir)
+  meta = dataset.metadata(dataset_dir)
   assert meta['frame_names'] == folder.frame_names and meta['n_textures'] == 49
+  assert meta['identity'] == {'video': folder.root, 'content': video_folder.fingerprint(folder), 'trimap_width': 20,
+                              'use_homographies': False, 'use_mask_images': False}
 
 
 def test_synthetic_ground_truth_composites_to_the_frames(video):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from data_prep import synthetic
-from layered_jax import export, input_pipeline, train
+from data_prep import prepare, synthetic
+from layered_jax import dataset, errors, export, loop, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +33,19 @@ def tiny_config(video, data_dir):
   config.image_every_epochs = 2
   config.checkpoint_every_epochs = 1
   return config
+
+
+def train_on(config, workdir):
+  """What main does: prepare the dataset, then train."""
+  prepare.prepare_dataset(config, workdir)
+  return train.train_and_evaluate(config, workdir)
+
+
+def restored(config, workdir):
+  """(state, progress) of the workdir's newest usable checkpoint."""
+  frames, meta = dataset.load(dataset.location(config, workdir))
+  module = train.make_module(config, int(meta['n_textures']))
+  return train.restore(config, workdir, meta, module, {k: frames[k][:1] for k in ('uv', 'pids')})[1]
 
 
 @pytest.fixture(scope='module')
@@ -106,28 +119,27 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, video, data_dir):
   straight_config = tiny_config(video, data_dir)
   straight_config.n_epochs = 3
   straight_config.do_upsampling = False
-  straight = train.train_and_evaluate(straight_config, str(tmp_path / 'straight'))
+  straight = train_on(straight_config, str(tmp_path / 'straight'))
   stopped_config = tiny_config(video, data_dir)
   stopped_config.n_epochs = 1  # "stops" after epoch 1 (its checkpoint is written)
   stopped_config.do_upsampling = False
-  train.train_and_evaluate(stopped_config, str(tmp_path / 'resumed'))
-  resumed = train.train_and_evaluate(straight_config, str(tmp_path / 'resumed'))
+  train_on(stopped_config, str(tmp_path / 'resumed'))
+  resumed = train_on(straight_config, str(tmp_path / 'resumed'))
   assert int(resumed.step) == int(straight.step) == 6
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), _params(resumed),
                          _params(straight))
-  manager = train.checkpoint_manager(str(tmp_path / 'resumed'), 3)
-  progress = train.restore_progress(manager)
+  _, progress = restored(straight_config, str(tmp_path / 'resumed'))
   assert (progress.epoch, progress.stage) == (3, 'layers')
 
 
 def test_stage_two_continues_the_epoch_count_and_trains_only_the_upsampler(tmp_path, video, data_dir):
   config = tiny_config(video, data_dir)
   config.n_epochs = 1
-  first = train.train_and_evaluate(config.copy_and_resolve_references(), str(tmp_path / 'run'))
+  first = train_on(config.copy_and_resolve_references(), str(tmp_path / 'run'))
   config.n_epochs_upsample = 0
   config.do_upsampling = False
-  state = train.train_and_evaluate(config, str(tmp_path / 'run'))  # nothing left to do
-  progress = train.restore_progress(train.checkpoint_manager(str(tmp_path / 'run'), 3))
+  state = train_on(config, str(tmp_path / 'run'))  # nothing left to do
+  _, progress = restored(config, str(tmp_path / 'run'))
   assert (progress.stage, progress.epoch) == ('upsample', 2)
   assert progress.schedule['lambda_mask'] == 0
   changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
@@ -137,49 +149,77 @@ def test_stage_two_continues_the_epoch_count_and_trains_only_the_upsampler(tmp_p
   low_only = tiny_config(video, data_dir)
   low_only.n_epochs = 1
   low_only.do_upsampling = False
-  base = train.train_and_evaluate(low_only, str(tmp_path / 'base'))
+  base = train_on(low_only, str(tmp_path / 'base'))
   moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
                                  base.params, first.params)
   assert moved['upsampler']['upsample_block_0']['conv']['kernel']
   assert not any(jax.tree_util.tree_leaves({k: v for k, v in moved.items() if k != 'upsampler'}))
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, video, data_dir):
+def test_a_state_made_non_finite_by_an_epochs_last_update_is_not_saved(tmp_path, video, data_dir, monkeypatch):
+  """The loss of the last step is computed before its update: a NaN that update makes must not be checkpointed."""
   config = tiny_config(video, data_dir)
-  config.n_epochs = 1
-  config.do_upsampling = False
-  train.train_and_evaluate(config, str(tmp_path / 'run'))
-  config.n_epochs = 3
-  config.lr = 1e30  # the parameters overflow within a step or two
-  with pytest.raises(FloatingPointError, match=r'loss/.* became (nan|inf) in epoch 2.*last good checkpoint \(epoch 1\)'):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert train.checkpoint_manager(str(tmp_path / 'run'), 3).latest_step() == 1
+  config.n_epochs, config.do_upsampling = 2, False
+  real = train.pmapped_step
+  poison = jax.pmap(lambda state: jax.tree_util.tree_map(lambda x: x * np.nan, state), donate_argnums=0)
+
+  def step_poisoning_the_end_of_epoch_2(stage, devices=None):
+    p_step = real(stage, devices)
+
+    def step(state, batch, weights):
+      state, terms = p_step(state, batch, weights)  # 2 steps per epoch (8 frames, batch 4)
+      if int(state.step[0]) == 4:
+        state = state.replace(params=poison(state.params))
+      return state, terms
+    step.lower = p_step.lower
+    return step
+
+  monkeypatch.setattr(train, 'pmapped_step', step_poisoning_the_end_of_epoch_2)
+  with pytest.raises(errors.DivergedError, match=r'non-finite values at the end of epoch 2 \(params/.*not saved.*'
+                     r'last checkpoint \(epoch 1, finite\).*lower --config.lr'):
+    train_on(config, str(tmp_path / 'run'))
+  assert loop.Checkpoints(str(tmp_path / 'run'), 3, {}).steps() == [1]
+  config.n_epochs = 1  # the rerun the message advises resumes from the finite epoch 1
+  state, progress = restored(config, str(tmp_path / 'run'))
+  assert progress.epoch == 1 and not loop.nonfinite_leaves(state)
+
+
+def test_a_huge_learning_rate_stops_instead_of_finishing(tmp_path, video, data_dir):
+  config = tiny_config(video, data_dir)
+  config.n_epochs, config.do_upsampling, config.lr = 3, False, 1e6
+  with pytest.raises(errors.DivergedError, match=r'non-finite values at the end of epoch 1 .*no checkpoint had been'):
+    train_on(config, str(tmp_path / 'run'))  # BatchNorm's running variance overflows; the losses stay finite
+  assert loop.Checkpoints(str(tmp_path / 'run'), 3, {}).steps() == []
 
 
 def test_wrong_configs_fail_before_any_compute(tmp_path, video, data_dir):
   config = tiny_config('', data_dir)
-  with pytest.raises(ValueError, match='config.dataroot is empty'):
-    train.train_and_evaluate(config, str(tmp_path / 'a'))
+  with pytest.raises(errors.ConfigError, match='config.dataroot is empty'):
+    train.check_config(config)
   config.dataroot = str(tmp_path / 'nowhere')
-  with pytest.raises(ValueError, match='does not exist'):
-    train.train_and_evaluate(config, str(tmp_path / 'a'))
+  with pytest.raises(errors.ConfigError, match='does not exist'):
+    train.check_config(config)
   config = tiny_config(video, data_dir)
   config.dtype = 'float16'
-  with pytest.raises(ValueError, match="use 'float32' or 'bfloat16'"):
-    train.train_and_evaluate(config, str(tmp_path / 'a'))
-  config = tiny_config(video, data_dir)
-  config.lr = float('nan')
-  with pytest.raises(ValueError, match='must be a positive number'):
-    train.train_and_evaluate(config, str(tmp_path / 'a'))
-  # A workdir trained on one video refuses a video with another layer count.
+  with pytest.raises(errors.ConfigError, match="use 'float32' or 'bfloat16'"):
+    train.check_config(config)
+  # A workdir trained on one video refuses another video's dataset (here in another data_dir), and another model.
   config = tiny_config(video, data_dir)
   config.n_epochs, config.do_upsampling = 1, False
-  train.train_and_evaluate(config, str(tmp_path / 'b'))
+  train_on(config, str(tmp_path / 'b'))
   other = str(tmp_path / 'three')
   synthetic.generate(other, people=3, frames=4, size=(128, 64))
   config = tiny_config(other, str(tmp_path / 'other_data'))
-  with pytest.raises(ValueError, match=r'n_textures=49, 3 layers.*n_textures=73, 4 layers.*new --workdir'):
-    train.train_and_evaluate(config, str(tmp_path / 'b'))
+  with pytest.raises(errors.WorkdirError, match=r'checkpoints in .*b/checkpoints came from other inputs than this run '
+                     r'\(content .*; video .*walk.* there, .*three.* now\); .*new --workdir'):
+    train_on(config, str(tmp_path / 'b'))
+  config = tiny_config(video, data_dir)
+  config.num_filters = 4
+  with pytest.raises(errors.WorkdirError, match=r'\(num_filters 8 there, 4 now\)'):
+    train_on(config, str(tmp_path / 'b'))
+  config.num_filters, config.crop_size = 8, 256  # larger than the 2x frames of this 128x64 video
+  with pytest.raises(errors.ConfigError, match=r'config.crop_size=256 is larger than the 2x frames \(256x128\)'):
+    train_on(config, str(tmp_path / 'b'))
 
 
 def test_detail_transfer_equals_the_reference_loop(rng):
@@ -205,7 +245,7 @@ def test_export_writes_layers_by_identity_with_the_frames_composite_order(tmp_pa
   json.dump(meta, open(meta_path, 'w'))
   config = tiny_config(video, str(tmp_path / 'data'))
   config.n_epochs, config.do_upsampling, config.batch_size = 1, False, 3
-  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  train_on(config, str(tmp_path / 'run'))
   out = export.export(config, str(tmp_path / 'run'))
   info = json.load(open(os.path.join(out, 'layers.json')))
   assert info['layer_ids'] == [0, 1, 2] and info['composite_order'][1] == [2, 1]
@@ -218,8 +258,8 @@ def test_export_writes_layers_by_identity_with_the_frames_composite_order(tmp_pa
   assert {'index.html', 'original.mp4', 'reconstruction.mp4', 'layer_01.mp4'} <= set(os.listdir(out))
   assert not [f for f in os.listdir(tmp_path) if f.startswith('.export-')]
   # Frame 2 stacks the layers as [background, iuv 2, iuv 1]: file 01/0002.png is stack position 2.
-  frames, _ = input_pipeline.load_dataset(input_pipeline.prepare_dataset(config, str(tmp_path / 'run')))
-  variables, _, _ = export.load_variables(config, str(tmp_path / 'run'), 49,
+  frames, meta = dataset.load(dataset.location(config, str(tmp_path / 'run')))
+  variables, _, _ = export.load_variables(config, str(tmp_path / 'run'), meta,
                                           {k: frames[k][:1] for k in ('uv', 'pids')})
   rendered = train.make_module(config, 49).apply(variables, frames['uv'][1:2], frames['pids'][1:2])
   layers = export.transfer_detail(rendered['layers'], frames['rgb'][1:2] / 127.5 - 1, rendered['reconstruction'])
@@ -232,7 +272,7 @@ def test_metrics_reach_tensorboard(tmp_path, video, data_dir):
   from tensorboard.backend.event_processing import event_accumulator
   config = tiny_config(video, data_dir)
   config.n_epochs, config.do_upsampling, config.image_every_epochs = 2, False, 1
-  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  train_on(config, str(tmp_path / 'run'))
   events = event_accumulator.EventAccumulator(str(tmp_path / 'run'), size_guidance={'tensors': 0, 'images': 0})
   events.Reload()
   tags = set(events.Tags()['tensors']) | set(events.Tags()['scalars'])
@@ -251,11 +291,12 @@ def test_export_from_a_converted_reference_checkpoint(tmp_path, video, data_dir)
   config = tiny_config(video, data_dir)
   config.init_checkpoint = converted
   config.export_high_res = False
+  prepare.prepare_dataset(config, str(tmp_path / 'fresh'))  # the shared data_dir's dataset, checked
   out = export.export(config, str(tmp_path / 'fresh'))
   assert len(os.listdir(os.path.join(out, 'layers', '02'))) == 8
   config.init_checkpoint = str(tmp_path / 'missing')
   with pytest.raises(FileNotFoundError, match='model.json'):
     export.export(config, str(tmp_path / 'fresh2'))
   config.init_checkpoint = ''
-  with pytest.raises(FileNotFoundError, match='train first'):
+  with pytest.raises(errors.WorkdirError, match='train first'):
     export.export(config, str(tmp_path / 'fresh3'))

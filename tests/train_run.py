@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from layered_jax import distributed, input_pipeline, train  # noqa: E402
+from data_prep import prepare  # noqa: E402
+from layered_jax import dataset, distributed, train  # noqa: E402
 from tests.test_train import tiny_config  # noqa: E402
 
 
@@ -31,8 +32,10 @@ def main():
   for item in sys.argv[5:]:
     key, value = item.split('=')
     config[key] = type(config[key])(value)
+  prepare.prepare_dataset(config, workdir)  # as main does: process 0 builds, the others wait
+  distributed.barrier('dataset ready')
   state = train.train_and_evaluate(config, workdir)
-  frames, meta = input_pipeline.load_dataset(input_pipeline.prepare_dataset(config, workdir))
+  frames, meta = dataset.load(dataset.location(config, workdir))
   module = train.make_module(config, int(meta['n_textures']))
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   out_lr = jax.jit(module.apply)(variables, frames['uv'][:2], frames['pids'][:2])

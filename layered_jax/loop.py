@@ -1,0 +1,380 @@
+"""The machinery of a training loop, shared by every trainer: config checks, console, devices, checkpoints.
+
+- Before any compute: `check_fields` refuses zero, negative or NaN config values, naming every such field.
+- Console: `quiet_logging` keeps library chatter (Orbax, TFDS, TF, JAX) at WARNING; `Reporter` prints
+  "compiling..." before the first step, then the position, speed, ETA and losses; `DivergenceWatch` warns when a
+  loss explodes without becoming NaN; `metric_writer` writes TensorBoard metrics (process 0; CLU).
+- Devices: `replicate` and `first_replica`, in pmap's layout along AXIS.
+- `Checkpoints`: Orbax checkpoints, each holding a train state (any pytree), a progress record (a JSON-able dict or
+  dataclass) and the identity of what it was trained on (a JSON-able dict: data, model sizes). Only finite states
+  are written. Restoring refuses another identity (`check_identity`) and falls back past checkpoints that cannot
+  be read or hold non-finite values, with a warning that names them.
+- The NaN stop: `stop_if_not_finite` on logged scalars (losses, gradient norm), `Checkpoints.save` on the state.
+
+A trainer uses them in this order (layered_jax.train does):
+
+  loop.check_fields(config, RULES)                        # ConfigError before anything is built or compiled
+  checkpoints = loop.Checkpoints(workdir, config.keep_checkpoints, identity)
+  restored = checkpoints.restore(lambda progress: abstract_state(progress))   # None, or (state, progress dict)
+  reporter, watch = loop.Reporter('stage', total_steps, config.report_every_secs), loop.DivergenceWatch()
+  reporter.compiling(); ...compile and run the first step...
+  after each step: if reporter.due(step): scalars = {...}; loop.stop_if_not_finite(scalars, where, checkpoints);
+                   watch(scalars, where); reporter.report(step, scalars, where)
+  checkpoints.save(epoch, loop.first_replica(state), progress)   # DivergedError if the state is not finite
+
+Imports without TensorFlow, TFDS, CLU or ml_collections (CLU and Orbax are imported when used).
+"""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import numbers
+import os
+import shutil
+import sys
+import time
+import traceback
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from layered_jax import errors
+
+AXIS = 'batch'
+POSITIVE_INT = 'a positive integer'
+NON_NEGATIVE_INT = 'an integer >= 0'
+POSITIVE = 'a positive finite number'
+NON_NEGATIVE = 'a finite number >= 0'
+DIVERGED_FIX = 'lower --config.lr (or check the data) and run the same command again: it resumes from there'
+_TMP_MARK = '.orbax-checkpoint-tmp'
+
+
+# --- Config checks. ---
+
+def _obeys(value: Any, rule: str) -> bool:
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    return False
+  if rule in (POSITIVE_INT, NON_NEGATIVE_INT):
+    if not isinstance(value, numbers.Integral):
+      return False
+  elif not math.isfinite(value):
+    return False
+  return value > 0 if rule in (POSITIVE_INT, POSITIVE) else value >= 0
+
+
+def check_fields(config: Any, rules: Mapping[str, str]) -> None:
+  """Raises ConfigError naming every field whose value breaks its rule (POSITIVE_INT, ..., NON_NEGATIVE)."""
+  problems = [f'config.{name}={config[name]!r} must be {rule}' for name, rule in rules.items()
+              if not _obeys(config[name], rule)]
+  if problems:
+    raise errors.ConfigError('; '.join(problems) + ' (set it with --config.FIELD=VALUE)')
+
+
+# --- Console. ---
+
+def quiet_logging(verbose: bool = False) -> None:
+  """Library chatter (Orbax, TFDS, TensorFlow, JAX) at WARNING unless verbose; progress lines are printed."""
+  from absl import logging as absl_logging
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if verbose else '2')  # read when TensorFlow loads
+  absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+  logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  if seconds >= 3600:
+    return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+  return f'{seconds // 60}m{seconds % 60:02d}s' if seconds >= 60 else f'{seconds}s'
+
+
+class Reporter:
+  """Console lines for a run of steps up to `total` (a resumed run starts past 0), printed by process 0.
+
+  `compiling()` announces the first step's compilation; `due(step)` after each step says whether a line is due
+  (every `every_secs`, and at the last step); `report` prints the position, steps/s, ETA and the losses.
+  """
+
+  def __init__(self, label: str, total: int, every_secs: float = 60.):
+    self.label, self.total, self.every_secs = label, total, every_secs
+    self._first: Optional[Tuple[float, int]] = None  # (time, step) after the first, compiled, step
+    self._last = self._compile_start = time.monotonic()
+    self._print = print if jax.process_index() == 0 else (lambda *a, **k: None)
+
+  def compiling(self) -> None:
+    self._compile_start = time.monotonic()
+    self._print(f'{self.label}: compiling the train step (a minute or more; cached for later runs)...',
+                flush=True)
+
+  def due(self, step: int) -> bool:
+    now = time.monotonic()
+    if self._first is None:
+      self._first = (now, step)
+      self._last = now
+      self._print(f'{self.label}: compiled, first step done in {_duration(now - self._compile_start)}; '
+                  f'{self.total - step} steps to go', flush=True)
+      return step == self.total
+    return step == self.total or now - self._last >= self.every_secs
+
+  def report(self, step: int, scalars: Mapping[str, float], where: str = '') -> None:
+    now = time.monotonic()
+    self._last = now
+    start_time, start_step = self._first or (now, step)
+    rate = (step - start_step) / max(now - start_time, 1e-9)
+    eta = f'ETA {_duration((self.total - step) / rate)}' if rate > 0 and step < self.total else 'done'
+    losses = ', '.join(f'{k.split("/", 1)[-1]} {v:.4g}' for k, v in scalars.items() if k.startswith('loss/'))
+    self._print(f'{self.label} {where}step {step}/{self.total} ({100 * step / self.total:.0f}%), '
+                f'{rate:.2f} steps/s, {eta}; {losses}', flush=True)
+
+
+class DivergenceWatch:
+  """Warns once when `key` rises `factor` times above its lowest value so far: a blow-up that is not NaN yet."""
+
+  def __init__(self, key: str = 'loss/total', factor: float = 100.):
+    self.key, self.factor = key, factor
+    self.lowest: Optional[float] = None
+    self.warned = False
+
+  def __call__(self, scalars: Mapping[str, float], where: str) -> None:
+    value = scalars.get(self.key)
+    if value is None or not math.isfinite(value):
+      return
+    if self.lowest is not None and value > self.factor * max(self.lowest, 1e-12) and not self.warned:
+      self.warned = True
+      if jax.process_index() == 0:
+        errors.warn(f'{self.key} rose from {self.lowest:.4g} to {value:.4g} by {where}: training is diverging; '
+                    'lower --config.lr (training goes on)')
+    self.lowest = value if self.lowest is None else min(self.lowest, value)
+
+
+def metric_writer(workdir: str):
+  """CLU's writer: TensorBoard summaries in workdir from process 0; the others only log (at INFO)."""
+  from clu import metric_writers
+  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+
+# --- Devices. ---
+
+def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
+  """One copy per local device (or per given device), laid out for pmap, broadcast on the host.
+
+  The layout is the one pmap gives the outputs of a step with axis name AXIS, so
+  feeding a step its own output does not compile it a second time.
+  """
+  devices = list(devices or jax.local_devices())
+  mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+  return jax.tree_util.tree_map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), sharding), tree)
+
+
+def first_replica(tree: Any) -> Any:
+  """Replica 0 of a pmapped tree, as NumPy on the host (no per-leaf device op)."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x)[0], tree)
+
+
+# --- Finiteness, identity, checkpoints. ---
+
+def _key_name(key: Any) -> str:
+  for attribute in ('key', 'name', 'idx'):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def nonfinite_leaves(tree: Any) -> List[str]:
+  """Paths ('params/unet/...') of the floating-point leaves that hold a NaN or an infinity."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    array = np.asarray(leaf)
+    if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+      bad.append('/'.join(_key_name(k) for k in path))
+  return bad
+
+
+def stop_if_not_finite(scalars: Mapping[str, float], where: str, checkpoints: 'Checkpoints') -> None:
+  """The NaN stop: DivergedError naming the non-finite scalars and the last (finite) checkpoint kept."""
+  bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
+  if bad:
+    raise errors.DivergedError(f'{", ".join(bad)} became {scalars[bad[0]]} in {where}; training stopped and '
+                               f'{checkpoints.kept()}; {DIVERGED_FIX}')
+
+
+def _as_json(record: Any) -> Any:
+  """A dict or dataclass as JSON gives it back (tuples become lists), for saving and comparing."""
+  if dataclasses.is_dataclass(record):
+    record = dataclasses.asdict(record)
+  return json.loads(json.dumps(record))
+
+
+def check_identity(recorded: Optional[Mapping], current: Mapping, subject: str, fix: str) -> None:
+  """WorkdirError when what `subject` was made from (`recorded`) is not `current`, naming each field that differs."""
+  if recorded is None:
+    raise errors.WorkdirError(f'{subject} carries no record of its inputs (an older version wrote it); {fix}')
+  current = _as_json(current)
+  differences = [f'{key} {recorded.get(key)!r} there, {current.get(key)!r} now'
+                 for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+  if differences:
+    raise errors.WorkdirError(f'{subject} came from other inputs than this run ({"; ".join(differences)}); {fix}')
+
+
+def _from_orbax(tb) -> bool:
+  return any(f'{os.sep}{package}{os.sep}' in frame.filename
+             for frame in traceback.extract_tb(tb) for package in ('orbax', 'asyncio'))
+
+
+def _quiet_excepthook(kind, value, tb, default=sys.excepthook):
+  if not (kind is RuntimeError and str(value) == 'Event loop is closed' and _from_orbax(tb)):
+    default(kind, value, tb)
+
+
+def _quiet_unraisablehook(unraisable, default=sys.unraisablehook):
+  if not _from_orbax(unraisable.exc_traceback):
+    default(unraisable)
+
+
+@contextlib.contextmanager
+def _orbax_quiet() -> Iterator[None]:
+  """Orbax reports a failed read or write several times before raising in the caller, who reports it in one line:
+  its worker threads log tracebacks, and its abandoned coroutines and TensorStore callbacks print more (some at
+  exit, when they find their event loop closed). Those are dropped during the call, and for good after a failure.
+
+  Kept when logging is verbose (absl at INFO).
+  """
+  absl_logger = logging.getLogger('absl')
+  if absl_logger.isEnabledFor(logging.INFO):
+    yield
+    return
+
+  def keep(record: logging.LogRecord) -> bool:
+    return f'{os.sep}orbax{os.sep}' not in record.pathname
+
+  hooks = sys.excepthook, sys.unraisablehook
+  absl_logger.addFilter(keep)
+  sys.excepthook, sys.unraisablehook = _quiet_excepthook, _quiet_unraisablehook
+  try:
+    yield
+  except BaseException:
+    hooks = None
+    raise
+  finally:
+    absl_logger.removeFilter(keep)
+    if hooks:
+      sys.excepthook, sys.unraisablehook = hooks
+
+
+def _short(error: BaseException, limit: int = 240) -> str:
+  text = errors.one_line(error) or type(error).__name__
+  return text if len(text) <= limit else text[:limit] + '...'
+
+
+class Checkpoints:
+  """A workdir's checkpoints (WORKDIR/checkpoints/STEP): state, progress record and identity, finite only.
+
+  `identity` is what this run trains on (data and model sizes as a JSON-able dict); restoring a checkpoint made
+  from anything else stops with a WorkdirError. `label` names a step in messages ('epoch').
+  """
+
+  def __init__(self, workdir: str, keep: int, identity: Mapping[str, Any], label: str = 'epoch'):
+    import orbax.checkpoint as ocp
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.identity = _as_json(identity)
+    self.label = label
+    if jax.process_index() == 0:
+      self._remove_partial()  # left by a kill or a failed write
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def _remove_partial(self) -> None:
+    if os.path.isdir(self.directory):
+      for name in os.listdir(self.directory):
+        if _TMP_MARK in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+  def steps(self) -> List[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest(self) -> Optional[int]:
+    steps = self.steps()
+    return steps[-1] if steps else None
+
+  def kept(self) -> str:
+    """Which checkpoint a rerun resumes from, for messages."""
+    latest = self.latest()
+    if latest is None:
+      return 'no checkpoint had been written yet'
+    return f'the last checkpoint ({self.label} {latest}, finite) is kept in {self.directory}'
+
+  def save(self, step: int, state: Any, progress: Any) -> None:
+    """Writes a host state (e.g. first_replica of a pmapped one) if it is finite, else stops training."""
+    import orbax.checkpoint as ocp
+    bad = nonfinite_leaves(state)
+    if bad:
+      more = f' and {len(bad) - 1} more' if len(bad) > 1 else ''
+      raise errors.DivergedError(
+          f'the train state holds non-finite values at the end of {self.label} {step} ({bad[0]}{more}) although the '
+          f'losses logged were finite; it was not saved, training stopped and {self.kept()}; {DIVERGED_FIX}')
+    try:
+      with _orbax_quiet():
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         progress=ocp.args.JsonSave(_as_json(progress)),
+                                                         identity=ocp.args.JsonSave(self.identity)))
+        self._manager.wait_until_finished()
+    except Exception as error:
+      reason = errors.os_reason(error)
+      if reason is None:
+        raise
+      if jax.process_index() == 0:
+        self._remove_partial()
+      self._manager.reload()
+      raise errors.OutputError(f'could not write checkpoint {self.label} {step} in {self.directory}: {reason}; '
+                               f'{self.kept()}; run the same command again to resume from it') from error
+    if jax.process_index() == 0:
+      print(f'checkpoint: {self.label} {step} saved in {self.directory}', flush=True)
+
+  def check(self, recorded: Mapping) -> None:
+    check_identity(recorded, self.identity, f'the checkpoints in {self.directory}',
+                   'resume with the video and config they were trained with, or use a new --workdir')
+
+  def restore(self, target: Callable[[Dict], Any]) -> Optional[Tuple[Any, Dict]]:
+    """(state, progress record) of the newest checkpoint that reads back whole and finite; None if there is none.
+
+    target(progress) gives the restore target for a checkpoint's progress record (the state's structure,
+    shapes and dtypes, e.g. from jax.eval_shape). Skipped checkpoints are named in a warning.
+    """
+    import orbax.checkpoint as ocp
+    skipped = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      name = f'{self.label} {step}'
+      if not os.path.isdir(os.path.join(self.directory, str(step), 'identity')):
+        raise errors.WorkdirError(f'{name} in {self.directory} has no record of what it was trained on (an older '
+                                  'version wrote it); use a new --workdir')
+      try:
+        with _orbax_quiet():
+          meta = self._manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore(),
+                                                                     identity=ocp.args.JsonRestore()))
+      except Exception as error:
+        skipped.append(f'{name} ({_short(error)})')
+        continue
+      self.check(meta['identity'])
+      try:
+        with _orbax_quiet():
+          state = self._manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target(meta['progress']))))['state']
+      except Exception as error:
+        skipped.append(f'{name} ({_short(error)})')
+        continue
+      bad = nonfinite_leaves(state)
+      if bad:
+        skipped.append(f'{name} (non-finite values in {bad[0]})')
+        continue
+      if skipped and jax.process_index() == 0:
+        errors.warn(f'checkpoint {"; ".join(skipped)} in {self.directory} cannot be used; resuming from {name}')
+      return state, meta['progress']
+    if skipped:
+      raise errors.WorkdirError(f'no checkpoint in {self.directory} can be used: {"; ".join(skipped)}; delete '
+                                f'{self.directory} to start over, or use a new --workdir')
+    return None
+
