@@ -87,12 +87,18 @@ def warn(message: str) -> None:
 
 
 @contextlib.contextmanager
-def reported(show_traceback: bool = False) -> Iterator[None]:
-  """Turns a UserError or OSError raised inside into one `error:` line on stderr and exit status 2."""
+def reported(show_traceback: bool = False, last_words: bool = False) -> Iterator[None]:
+  """Turns a UserError or OSError raised inside into one `error:` line on stderr and exit status 2.
+
+  last_words: the process is about to end, so nothing printed after that line (library threads and coroutines
+  abandoned by the failure report again while the interpreter shuts down) reaches the console.
+  """
   try:
     yield
   except (UserError, OSError) as error:
     if show_traceback:
       traceback.print_exc()
     print(f'error: {one_line(error)}', file=sys.stderr, flush=True)
+    if last_words and not show_traceback:
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     raise SystemExit(EXIT_STATUS) from None

@@ -50,7 +50,7 @@ def parse_flags(argv):
 
 
 def main(argv):
-  with errors.reported(FLAGS.traceback):
+  with errors.reported(FLAGS.traceback, last_words=True):
     if len(argv) > 1:
       raise errors.ConfigError(f'unexpected arguments {argv[1:]}; flags look like --workdir=DIR')
     run(FLAGS.config, FLAGS.workdir)
