@@ -205,15 +205,16 @@ def main(argv=None):
   parser.add_argument('--retiming', default=os.path.join(os.path.dirname(REPO), 'retiming'),
                       help='a checkout of google/retiming (for --codes original)')
   parser.add_argument('--workdir', default=os.path.join(REPO, 'work', 'quality'))
-  parser.add_argument('--quick', action='store_true', help='CI-sized: 4 frames, 4 steps, nf=8, one seed, ours')
+  parser.add_argument('--quick', action='store_true',
+                      help='CI-sized: ours on the first scene, first seed, 4 frames, 4 steps, nf=8')
   parser.add_argument('--rerun', action='store_true', help='train again even where a result is kept')
   parser.add_argument('--json', action='store_true', help='print the runs and summary as JSON')
   args = parser.parse_args(argv)
   if args.quick:
-    settings, seeds, codes = QUICK, args.seeds[:1], [c for c in args.codes if c == 'ours'] or ['ours']
+    settings, kinds, seeds, codes = QUICK, args.kinds[:1], args.seeds[:1], ['ours']
   else:
     settings = Settings(steps=args.steps, batch_size=args.batch_size, num_filters=args.num_filters)
-    seeds, codes = args.seeds, args.codes
+    kinds, seeds, codes = args.kinds, args.seeds, args.codes
   if 'original' in codes:
     from benchmarks import retiming_original
     try:
@@ -221,7 +222,7 @@ def main(argv=None):
     except FileNotFoundError as error:
       parser.exit(2, f'error: {error}\n')
   runs = []
-  for kind in args.kinds:
+  for kind in kinds:
     for seed in seeds:
       for code in codes:  # alternating, so both codes see the same drift of the machine
         result = run_one(code, kind, seed, settings, args.workdir, args.retiming, args.variant,

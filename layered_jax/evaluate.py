@@ -20,7 +20,7 @@ import numpy as np
 
 from layered_jax import files
 
-ALPHA_ON = 0.5  # exported alpha above this counts as covered, for the IoU
+ALPHA_ON = 0.5  # alpha above this counts as covered, for the IoU (true and exported)
 SHADOW_ON = 0.2  # a shadow is semi-transparent: a lower bar for the recall, and the least true alpha counted
 WORST_SHARE = 0.02  # background_psnr_98 leaves out this share of the worst pixels
 
@@ -55,10 +55,10 @@ def layer_scores(export_dir: str, video_dir: str) -> Dict[str, Dict[str, float]]
       in_front = np.zeros_like(true_alpha, bool)
       for j in order[order.index(k) + 1:]:
         in_front |= _alpha(os.path.join(truth_dir, 'layers', f'{j:02d}', name)) > 0
-      true_mask, got_mask = true_alpha > 0, got > ALPHA_ON
+      true_mask, got_mask = true_alpha > ALPHA_ON, got > ALPHA_ON  # both thresholded: soft shadows fade out
       intersection += np.sum(true_mask & got_mask)
       union += np.sum(true_mask | got_mask)
-      shadow = (true_alpha >= SHADOW_ON) & (true_alpha < 1) & ~in_front
+      shadow = (true_alpha > SHADOW_ON) & (true_alpha < 1) & ~in_front
       shadow_hits += np.sum(got[shadow] > SHADOW_ON)
       shadow_total += np.sum(shadow)
     scores[f'{k:02d}'] = {'alpha_iou': float(intersection / max(union, 1)),
