@@ -16,6 +16,7 @@ this leaves out, the random draws of initialisation and augmentation.
 """
 
 import argparse
+import importlib
 import os
 import sys
 import tempfile
@@ -31,7 +32,7 @@ def _import_original(retiming: str):
   retiming_original.check_checkout(retiming)
   sys.path.insert(0, retiming_original.SHIMS)
   sys.path.insert(1, os.path.abspath(retiming))
-  import sitecustomize  # noqa: F401  (np.int for the original)
+  importlib.import_module('sitecustomize')  # np.int for the original
   from models import lnr_model, networks
   return lnr_model, networks
 
