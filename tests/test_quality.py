@@ -125,7 +125,8 @@ def test_settings_compress_the_schedule_into_the_budget():
 
 
 def test_quick_benchmark_trains_exports_and_scores(tmp_path):
-  """The CI-sized run: ours on one scene, one seed, tiny network (about 40 s: two processes compile the UNet)."""
+  """The CI-sized run: ours on one scene, one seed, a tiny network; the file's slow test (95 s on the shared 2-core
+  machine, most of it compiling the UNet in the train and the export process)."""
   result = subprocess.run([sys.executable, '-m', 'benchmarks.quality', '--quick', '--json',
                            f'--workdir={tmp_path}'], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
