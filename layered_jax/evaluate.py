@@ -2,7 +2,9 @@
 
 For each person layer: the IoU of its alpha with the true layer's (person and
 shadow), and the shadow recall, the share of the person's true shadow pixels
-(visible ones, not covered by a layer in front) that the exported layer holds.
+(visible ones, not covered by a layer in front) that the exported layer holds;
+and its stray alpha, the mean exported alpha where the person's true layer is
+empty (smudges of background taken into a person's layer).
 
 For the video (`image_scores`): the background layer's PSNR against the true
 background, also without its worst 2% of pixels, and its peak squared error
@@ -42,12 +44,12 @@ def _read_meta(export_dir: str, video_dir: str) -> Tuple[Dict, Dict]:
 
 
 def layer_scores(export_dir: str, video_dir: str) -> Dict[str, Dict[str, float]]:
-  """{'01': {'alpha_iou': ..., 'shadow_recall': ...}, ...} over all frames."""
+  """{'01': {'alpha_iou': ..., 'shadow_recall': ..., 'stray_alpha': ...}, ...} over all frames."""
   truth_dir = os.path.join(video_dir, 'ground_truth')
   truth, _ = _read_meta(export_dir, video_dir)
   scores = {}
   for k in truth['layer_ids'][1:]:
-    intersection = union = shadow_hits = shadow_total = 0
+    intersection = union = shadow_hits = shadow_total = stray = empty = 0
     for i, name in enumerate(truth['frames']):
       true_alpha = _alpha(os.path.join(truth_dir, 'layers', f'{k:02d}', name))
       got = _alpha(os.path.join(export_dir, 'layers', f'{k:02d}', name))
@@ -61,8 +63,11 @@ def layer_scores(export_dir: str, video_dir: str) -> Dict[str, Dict[str, float]]
       shadow = (true_alpha > SHADOW_ON) & (true_alpha < 1) & ~in_front
       shadow_hits += np.sum(got[shadow] > SHADOW_ON)
       shadow_total += np.sum(shadow)
+      stray += np.sum(got[true_alpha == 0])
+      empty += np.sum(true_alpha == 0)
     scores[f'{k:02d}'] = {'alpha_iou': float(intersection / max(union, 1)),
-                          'shadow_recall': float(shadow_hits / max(shadow_total, 1))}
+                          'shadow_recall': float(shadow_hits / max(shadow_total, 1)),
+                          'stray_alpha': float(stray / max(empty, 1))}
   return scores
 
 

@@ -38,7 +38,7 @@ def test_image_scores_of_the_truth_and_of_a_background_blob(video, tmp_path):
   assert perfect['background_psnr'] > 100 and perfect['background_peak_error'] == 0
   assert perfect['recomposited_psnr'] > 45  # the frames are the true layers composited, then rounded
   people = evaluate.layer_scores(export, video)
-  assert all(s['alpha_iou'] == 1 and s['shadow_recall'] == 1 for s in people.values())
+  assert all(s['alpha_iou'] == 1 and s['shadow_recall'] == 1 and s['stray_alpha'] == 0 for s in people.values())
 
   path = os.path.join(export, 'layers', '00', '0002.png')
   before = (files.read_rgba(path) * 255).round()
@@ -52,6 +52,16 @@ def test_image_scores_of_the_truth_and_of_a_background_blob(video, tmp_path):
   assert blob['background_psnr'] == pytest.approx(evaluate.psnr(9 * blob['background_peak_error'] / pixels), abs=0.3)
   assert blob['background_psnr_98'] > 100  # 9 pixels are far fewer than the 2% left out
   assert blob['recomposited_psnr'] < perfect['recomposited_psnr'] - 10
+
+  smudged = os.path.join(export, 'layers', '01', '0001.png')
+  layer = (files.read_rgba(smudged) * 255).round()
+  empty = layer[..., 3] == 0
+  layer[..., 3] = np.where(empty, 51, layer[..., 3])  # alpha 0.2 wherever the person's layer should be empty
+  files.write_png(smudged, layer.astype(np.uint8))
+  stray = evaluate.layer_scores(export, video)['01']['stray_alpha']
+  empties = [np.sum(files.read_rgba(os.path.join(video, 'ground_truth', 'layers', '01', f'{i:04d}.png'))[..., 3] == 0)
+             for i in (1, 2, 3)]
+  assert stray == pytest.approx(0.2 * empties[0] / sum(empties), rel=1e-6)  # one frame of three
 
 
 def test_soft_shadows_count_only_where_their_alpha_reaches_the_recall_bar(video):
