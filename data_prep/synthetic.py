@@ -1,12 +1,14 @@
 """A synthetic video in the layout of spec section 1, with ground truth.
 
   python -m data_prep.synthetic OUT --people 2 --frames 48 --size 224x128 [--camera_pan 32]
-                                [--retime_offsets 0,8]
+                                [--retime_offsets 0,8] [--shadow_length 1.6] [--shadow_blur 2]
 
 People are articulated walkers made of capsules, each capsule a DensePose part
 with known (U, V), so their IUV layers are exact. Each person casts a shadow on
 the ground, which the IUV does not cover: the effect the model must learn to
-put in that person's layer. Written:
+put in that person's layer. `--shadow_length` stretches the shadows (a lower
+sun), `--shadow_blur` softens their edges (a Gaussian of that many low-res
+pixels). Written:
 
   OUT/rgb_256/, rgb_512/           frames at --size and 2x (names 0001.png, ...)
   OUT/iuv/NN/                      one RGBA IUV layer per person
@@ -131,13 +133,14 @@ def person_colors(walker: Walker, part, u, v) -> np.ndarray:
   return np.clip(base + stripes - shade, 0, 1)
 
 
-def shadow_mask(walker: Walker, t: float, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+def shadow_mask(walker: Walker, t: float, px: np.ndarray, py: np.ndarray, length: float = 1.) -> np.ndarray:
   """Pixels of the ground shadow: the body projected onto the ground, plus a contact blob at the feet.
 
-  A projected point is one whose sheared-back position lies on the body.
+  A projected point is one whose sheared-back position lies on the body; `length`
+  scales the shear (the shadow's reach).
   """
-  depth = (py - walker.ground_y) / SHADOW_SHEAR[1]
-  body_x = px - SHADOW_SHEAR[0] * depth
+  depth = (py - walker.ground_y) / (SHADOW_SHEAR[1] * length)
+  body_x = px - SHADOW_SHEAR[0] * length * depth
   body_y = walker.ground_y - depth
   _, _, _, body = render_person(walker, t, body_x, body_y)
   feet_x = walker.joints(t)[15:17, 0].mean()
@@ -207,6 +210,8 @@ class Scene:
   background: np.ndarray  # world at 2x, [2H, 2*world_width, 3]
   walkers: List[Walker]
   classes: Optional[np.ndarray] = None  # the background's class ids at 2x (BACKGROUND_CLASSES)
+  shadow_length: float = 1.  # scales the shadows' reach
+  shadow_blur: float = 0.  # Gaussian sigma of the shadows' edges, in low-res pixels (0: hard)
 
   def camera_x(self, frame: int) -> float:
     return self.camera_pan * frame / max(self.frames - 1, 1)
@@ -233,9 +238,11 @@ class Scene:
     for walker, t in zip(self.walkers, times):
       wx = px + shift  # frame -> world
       part, u, v, body = render_person(walker, t, wx, py)
-      shadow = shadow_mask(walker, t, wx, py) & ~body
+      shadow = SHADOW_ALPHA * shadow_mask(walker, t, wx, py, self.shadow_length)
+      if self.shadow_blur > 0:
+        shadow = cv2.GaussianBlur(shadow, (0, 0), self.shadow_blur * scale)
       rgb = np.where(body[..., None], person_colors(walker, part, u, v), 0.)
-      alpha = np.where(body, 1., np.where(shadow, SHADOW_ALPHA, 0.))
+      alpha = np.where(body, 1., shadow)
       layers[walker.person_id] = np.concatenate([rgb, alpha[..., None]], -1).astype(np.float32)
       iuv[walker.person_id] = np.stack([part * 10, np.floor(u * 255), np.floor(v * 255),
                                         np.where(body, 255 - walker.person_id, 0)], -1).astype(np.uint8)
@@ -256,12 +263,13 @@ class Scene:
 
 
 def make_scene(people: int, frames: int, width: int, height: int, camera_pan: float = 0.,
-               seed: int = 0, plain_background: bool = False) -> Scene:
+               seed: int = 0, plain_background: bool = False, shadow_length: float = 1.,
+               shadow_blur: float = 0.) -> Scene:
   rng = np.random.default_rng(seed)
   world_width = int(np.ceil(width + abs(camera_pan)))
   background, classes = make_background(2 * world_width, 2 * height, rng, plain_background)
   return Scene(width, height, frames, camera_pan, background,
-               make_walkers(people, frames, width, height, world_width, rng), classes)
+               make_walkers(people, frames, width, height, world_width, rng), classes, shadow_length, shadow_blur)
 
 
 def _write_png(path: str, image: np.ndarray) -> None:
@@ -271,14 +279,15 @@ def _write_png(path: str, image: np.ndarray) -> None:
 
 def generate(out_dir: str, people: int = 2, frames: int = 48, size: Tuple[int, int] = (224, 128),
              camera_pan: float = 0., retime_offsets: Optional[Sequence[int]] = None, seed: int = 0,
-             fps: float = 24., plain_background: bool = False) -> Scene:
+             fps: float = 24., plain_background: bool = False, shadow_length: float = 1.,
+             shadow_blur: float = 0.) -> Scene:
   """Writes the synthetic video folder (atomically: a staging folder renamed at the end)."""
   width, height = size
   if width % 32 or height % 32:
     raise ValueError(f'size {width}x{height} must be multiples of 32 (the UNet halves it 5 times)')
   if retime_offsets is not None and len(retime_offsets) != people:
     raise ValueError(f'{len(retime_offsets)} retime offsets for {people} people')
-  scene = make_scene(people, frames, width, height, camera_pan, seed, plain_background)
+  scene = make_scene(people, frames, width, height, camera_pan, seed, plain_background, shadow_length, shadow_blur)
   with files.staged_directory(out_dir) as staging:
     _write_folder(scene, staging, retime_offsets, fps)
   return scene
@@ -337,9 +346,11 @@ def main(argv=None):
                       help='per-person frame offsets for a ground-truth re-timed video, e.g. 0,8')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--plain_background', action='store_true', help='smooth bands instead of bricks and posters')
+  parser.add_argument('--shadow_length', type=float, default=1., help='scale of the shadows\' reach')
+  parser.add_argument('--shadow_blur', type=float, default=0., help='soft shadow edges: Gaussian sigma in pixels')
   args = parser.parse_args(argv)
   generate(args.out, args.people, args.frames, args.size, args.camera_pan, args.retime_offsets, args.seed,
-           plain_background=args.plain_background)
+           plain_background=args.plain_background, shadow_length=args.shadow_length, shadow_blur=args.shadow_blur)
   print(f'wrote {args.out}: {args.frames} frames of {args.size[0]}x{args.size[1]}, {args.people} people')
 
 

@@ -1,0 +1,1 @@
+"""The part of torchvision that google/retiming imports (see ../README.md)."""
