@@ -35,8 +35,8 @@ def norm_layer(norm, channels):
 class ResnetBlock(nn.Module):
   def __init__(self, channels, norm):
     super().__init__()
-    half = [nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), norm_layer(norm, channels)]
-    self.conv_block = nn.Sequential(*half, nn.ReLU(), *half)
+    half = lambda: [nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), norm_layer(norm, channels)]
+    self.conv_block = nn.Sequential(*half(), nn.ReLU(), *half())
 
   def forward(self, x):
     return x + self.conv_block(x)

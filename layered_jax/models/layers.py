@@ -307,13 +307,19 @@ def instance_norm(x: Array) -> Array:
 
 
 def batch_moments(x: Array, axes: Tuple[int, ...], axis_name: Optional[str] = None) -> Tuple[Array, Array]:
-  """Mean and biased variance of x over `axes` (and over all devices of `axis_name` under pmap), in float32."""
+  """Mean and biased variance of x over `axes` (and over all devices of `axis_name` under pmap), in float32.
+
+  Two passes (the variance from the deviations, as PyTorch computes it): E[x^2] - E[x]^2
+  loses the variance to cancellation when the mean is large against it.
+  """
   x_full = at_least_f32(x)
-  mean = x_full.mean(axis=axes)
-  mean_sq = jnp.square(x_full).mean(axis=axes)
+  mean = x_full.mean(axis=axes, keepdims=True)
   if axis_name is not None:
-    mean, mean_sq = lax.pmean((mean, mean_sq), axis_name)
-  return mean, jnp.maximum(mean_sq - jnp.square(mean), 0.)
+    mean = lax.pmean(mean, axis_name)
+  var = jnp.square(x_full - mean).mean(axis=axes)
+  if axis_name is not None:
+    var = lax.pmean(var, axis_name)
+  return jnp.squeeze(mean, axes), var
 
 
 def _normalize(x: Array, mean: Array, var: Array, scale: Array, bias: Array) -> Array:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from layered_jax.models.layers import stack_channels
 from layered_jax.vid2vid import losses
 from layered_jax.vid2vid.models import FLOW_SCALE, VGG19, Generator, MultiscaleDiscriminator
 from layered_jax.vid2vid.warp import flow_warp
@@ -233,7 +234,7 @@ def _temporal_inputs(frames: Array, flows: Array, groups: Sequence[Tuple[int, ..
   for group in groups:
     stacked = stack_frames(frames[:, list(group)])
     between = [compose_flows(flows, a, b) / FLOW_SCALE for a, b in zip(group[:-1], group[1:])]
-    inputs.append(jnp.concatenate([stacked.astype(jnp.float32)] + between, axis=-1))
+    inputs.append(stack_channels([stacked] + between))
   return jnp.concatenate(inputs, axis=0)
 
 
@@ -290,7 +291,7 @@ def chunk_losses(params: Dict[str, Any], batch: Dict[str, Array], carry: Carry, 
     terms['G_L1'] = o.lambda_multiscale_l1 * (losses.multiscale_l1(fold(final), fold(real))
                                               + losses.multiscale_l1(fold(raw), fold(real)))
 
-  with_labels = lambda images: jnp.concatenate([fold(labels).astype(jnp.float32), fold(images)], axis=-1)
+  with_labels = lambda images: stack_channels([fold(labels), fold(images)])
   terms['D_real'], terms['D_fake'], terms['G_GAN'], terms['G_GAN_Feat'] = _gan_terms(
       models.discriminator, params['D'], with_labels(real), [with_labels(final), with_labels(raw)], o, 2)
 
