@@ -11,7 +11,7 @@ from layered_jax import convert
 from layered_jax.vid2vid import models
 from layered_jax.vid2vid.warp import flow_warp
 from tests import vid2vid_torch_reference as ref
-from tests.conftest import nhwc
+from tests.conftest import nhwc, run_once
 
 T_G, INPUT_NC = 3, 2
 
@@ -26,8 +26,7 @@ def _generators(fg, n_down, norm, no_flow):
 
 @pytest.mark.parametrize('fg,n_down,norm,no_flow', [
     (False, 3, 'batch', False),
-    (True, 3, 'batch', False),  # foreground branch half as wide (n_downsample_G > 2)
-    (True, 2, 'instance', False),  # as wide as the generator
+    (True, 3, 'instance', False),  # the foreground branch half as wide (n_downsample_G > 2)
     (False, 2, 'batch', True),
 ])
 def test_generator_global_and_local_scale_match_torch(rng, fg, n_down, norm, no_flow):
@@ -43,16 +42,15 @@ def test_generator_global_and_local_scale_match_torch(rng, fg, n_down, norm, no_
   with torch.no_grad():
     want_coarse = coarse(labels[0], prevs[0], masks[0])
     want_fine = fine(labels[1], prevs[1], masks[1], coarse=want_coarse)
-  apply = jax.jit(module.apply, static_argnames='use_raw_only')
-  got = apply(variables, [nhwc(x) for x in labels], [nhwc(x) for x in prevs], [nhwc(m) for m in masks] if fg else None)
+  inputs = (variables, [nhwc(x) for x in labels], [nhwc(x) for x in prevs], [nhwc(m) for m in masks] if fg else None)
+  got = run_once(module.apply, *inputs)
   for want, out in ((want_coarse, got[0]), (want_fine, got[1])):
     assert set(k for k, v in want.items() if v is not None) == set(k for k, v in out.items() if v is not None)
     for key, value in want.items():
       if value is not None:
         scale = max(1., float(value.abs().max()))  # flows reach tens of pixels
         np.testing.assert_allclose(out[key], nhwc(value), atol=1e-4 * scale, err_msg=key)
-  raw_only = apply(variables, [nhwc(x) for x in labels], [nhwc(x) for x in prevs],
-                   [nhwc(m) for m in masks] if fg else None, use_raw_only=True)
+  raw_only = run_once(module.apply, *inputs, use_raw_only=True)
   np.testing.assert_array_equal(raw_only[1]['final'], raw_only[1]['raw'])
 
 
@@ -72,7 +70,7 @@ def test_multiscale_discriminator_matches_torch_on_odd_sizes(rng):
   variables = convert.flax_from_torch_state(flax_disc, disc.state_dict(), args=(nhwc(x),))
   with torch.no_grad():
     want = disc(x)
-  got = jax.jit(flax_disc.apply)(variables, nhwc(x))
+  got = run_once(flax_disc.apply, variables, nhwc(x))
   assert [len(scale) for scale in got] == [5, 5, 5]
   for want_scale, got_scale in zip(want, got):
     for w, g in zip(want_scale, got_scale):
@@ -93,7 +91,7 @@ def test_vgg19_taps_match_torch(rng):
   x = torch.rand(1, 3, 32, 48) * 2 - 1
   with torch.no_grad():
     want = vgg(x)
-  for w, g in zip(want, jax.jit(module.apply)(variables, nhwc(x))):
+  for w, g in zip(want, run_once(module.apply, variables, nhwc(x))):
     np.testing.assert_allclose(g, nhwc(w), rtol=1e-4, atol=1e-4 * float(w.abs().max()))
 
 
@@ -118,12 +116,12 @@ def test_zero_flow_is_exact_identity_where_the_reference_call_is_not(rng):
   image = rng.normal(size=(1, 8, 10, 3)).astype(np.float32)
   zero = np.zeros((1, 8, 10, 2), np.float32)
   np.testing.assert_array_equal(flow_warp(jnp.asarray(image), jnp.asarray(zero)), image)
-  # The reference's call: the same grid, grid_sample without align_corners (False since PyTorch 1.3).
+  # The reference's call: the same grid, grid_sample without align_corners (False since PyTorch 1.3, said here).
   b, h, w = 1, 8, 10
   grid = torch.stack([torch.linspace(-1, 1, w).view(1, 1, w).expand(b, h, w),
                       torch.linspace(-1, 1, h).view(1, h, 1).expand(b, h, w)], -1)
   theirs = nhwc(F.grid_sample(torch.from_numpy(image.transpose(0, 3, 1, 2).copy()), grid, mode='bilinear',
-                              padding_mode='border'))
+                              padding_mode='border', align_corners=False))
   assert np.abs(theirs - image).max() > 0.1  # shifted and blurred by a fraction of a pixel
 
 

@@ -3,11 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from layered_jax import convert
-from layered_jax.vid2vid import step
+from layered_jax.vid2vid import losses, step
 from tests import vid2vid_torch_reference as ref
+from tests.conftest import run_once
 
 B, T, H, W = 2, 3, 32, 24
 OPTS = step.Options(input_nc=2, ngf=8, n_downsample_G=2, n_blocks=3, ndf=8, num_D=2, n_frames_G=3, n_frames_D=3,
@@ -44,7 +46,7 @@ def _flax_params(models, nets):
 
 def _chunk(rng, history_len):
   f = lambda *shape: torch.from_numpy(rng.uniform(-1, 1, shape).astype(np.float32))
-  batch = {'labels': f(B, T + 2, 2, H, W), 'real': f(B, T + 2, 3, H, W), 'flow': f(B, T, 2, H, W) * 3,
+  batch = {'inputs': f(B, T + 2, 2, H, W), 'frames': f(B, T + 2, 3, H, W), 'flow': f(B, T, 2, H, W) * 3,
            'conf': torch.from_numpy((rng.uniform(size=(B, T, 1, H, W)) < 0.8).astype(np.float32))}
   history = {'real': f(B, history_len, 3, H, W), 'fake': f(B, history_len, 3, H, W),
              'flow': f(B, history_len, 2, H, W) * 3}
@@ -68,7 +70,7 @@ def _setup(rng, history_len, no_first_img=False):
   history = {k: v.double() for k, v in history.items()}
   models = step.build_models(opts)
   params, vgg_vars = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), _flax_params(models, nets))
-  carry = step.initial_carry({'real': jnp.asarray(_nhwc(batch['real']))}, opts, models.generator)
+  carry = step.initial_carry({'frames': jnp.asarray(_nhwc(batch['frames']))}, opts, models.generator)
   if history_len:
     carry['history'] = {k: jnp.asarray(_nhwc(v)) for k, v in history.items()}
   jbatch = {k: jnp.asarray(_nhwc(v)) for k, v in batch.items()}
@@ -88,7 +90,7 @@ def test_chunk_losses_and_gradients_match_torch(rng):
   """A later chunk: 6 frames of history, so both temporal scales see a group (the second's flows chained over 3)."""
   with jax.enable_x64(True):
     opts, nets, batch, history, models, params, vgg_vars, carry, jbatch = _setup(rng, 6)
-    terms_t = ref.chunk_losses(nets, batch, batch['real'][:, :2], batch['real'][:, 1], history,
+    terms_t = ref.chunk_losses(nets, batch, batch['frames'][:, :2], batch['frames'][:, 1], history,
                                {**TORCH_OPTS, 'no_first_img': False})
     generator, disc, temporal, _ = nets
     groups = [('loss_G', generator), ('loss_D', disc)] + [(f'loss_D_T{s}', d) for s, d in enumerate(temporal)]
@@ -97,8 +99,8 @@ def test_chunk_losses_and_gradients_match_torch(rng):
       named = dict(net.named_parameters())
       values = torch.autograd.grad(terms_t[name], list(named.values()), retain_graph=True)
       grads_t.append({k: v.numpy() for k, v in zip(named, values)})
-    grad_fn = jax.jit(jax.grad(step.chunk_losses, has_aux=True), static_argnums=(4, 5, 6))
-    grads, (terms, new_carry) = grad_fn(params, jbatch, carry, vgg_vars, models, opts, False)
+    grads, (terms, new_carry) = run_once(jax.grad(step.chunk_losses, has_aux=True), params, jbatch, carry, vgg_vars,
+                                         models, opts, False, static_argnums=(4, 5, 6))
   _assert_terms_match(terms, terms_t)
   # Each network's gradient, in the reference's layout, within 1e-3 of that tensor's largest entry
   # (conv biases before a BatchNorm have a zero gradient, up to rounding: 1e-14 here).
@@ -119,10 +121,67 @@ def test_first_chunk_losses_match_torch(rng):
   with jax.enable_x64(True):
     opts, nets, batch, history, models, params, vgg_vars, carry, jbatch = _setup(rng, 0, no_first_img=True)
     with torch.no_grad():
-      terms_t = ref.chunk_losses(nets, batch, torch.zeros_like(batch['real'][:, :2]), batch['real'][:, 1], history,
+      terms_t = ref.chunk_losses(nets, batch, torch.zeros_like(batch['frames'][:, :2]), batch['frames'][:, 1], history,
                                  {**TORCH_OPTS, 'no_first_img': True}, use_raw_only=True)
-    _, (terms, new_carry) = jax.jit(step.chunk_losses, static_argnums=(4, 5, 6))(
-        params, jbatch, carry, vgg_vars, models, opts, True)
+    _, (terms, new_carry) = run_once(step.chunk_losses, params, jbatch, carry, vgg_vars, models, opts, True,
+                                     static_argnums=(4, 5, 6))
   assert 'loss_D_T1' not in terms and terms['W'] > 0
   _assert_terms_match(terms, terms_t)
   assert new_carry['history']['real'].shape[1] == T
+
+
+def test_temporal_groups_end_at_the_newest_frame_every_tD_frames():
+  assert step.temporal_groups(9, 3, 3, 0) == [(6, 7, 8)]
+  assert step.temporal_groups(9, 3, 3, 1) == [(2, 5, 8)]
+  assert step.temporal_groups(6, 3, 3, 1) == []  # 7 frames needed
+  assert step.temporal_groups(12, 6, 3, 0) == [(9, 10, 11), (6, 7, 8)]
+  assert step.temporal_groups(3, 2, 3, 0) == [(0, 1, 2)]  # ends on a new frame: one group
+
+
+def test_temporal_inputs_take_precomputed_skip_flows_or_chain_the_consecutive_ones(rng):
+  frames = jnp.asarray(rng.uniform(-1, 1, (1, 9, 4, 5, 3)), jnp.float32)
+  flow = jnp.full((1, 9, 4, 5, 2), 0.5)  # a uniform translation chains to the sum of its steps
+  skip = jnp.asarray(rng.normal(size=(1, 9, 4, 5, 2)), jnp.float32)
+  with_skip = step.temporal_inputs(frames, {'flow': flow, 'flow_d1': skip}, [(2, 5, 8)], 1)
+  np.testing.assert_array_equal(with_skip[..., :9], step.stack_frames(frames[:, [2, 5, 8]]))
+  np.testing.assert_allclose(with_skip[..., 9:], jnp.concatenate([skip[:, 5], skip[:, 8]], -1) / 20, rtol=1e-6)
+  chained = step.temporal_inputs(frames, {'flow': flow}, [(2, 5, 8)], 1)
+  np.testing.assert_allclose(chained[..., 9:], 3 * 0.5 / 20, rtol=1e-6)
+
+
+TINY = step.Options(input_nc=3, ngf=4, n_downsample_G=1, n_blocks=1, ndf=4, n_layers_D=1, num_D=1, no_vgg=True,
+                    no_first_img=True)
+
+
+def test_train_step_updates_only_the_networks_with_a_loss(rng):
+  """A clip's first chunk of 2 frames: G and D step; no temporal group yet, so the temporal Ds keep their weights
+  and their Adam states, as the reference skips them."""
+  models = step.build_models(TINY)
+  state = step.create_state(jax.random.PRNGKey(0), models, TINY)
+  u = lambda *shape: jnp.asarray(rng.uniform(-1, 1, shape), jnp.float32)
+  batch = {'inputs': u(1, 4, 16, 16, 3), 'frames': u(1, 4, 16, 16, 3), 'flow': u(1, 2, 16, 16, 2),
+           'conf': jnp.ones((1, 2, 16, 16, 1))}
+  carry = step.initial_carry(batch, TINY, models.generator)
+  assert float(jnp.abs(carry['prev'][0]).max()) == 0  # no_first_img: zero previous frames
+  new_state, new_carry, terms = run_once(step.make_train_step(models, TINY), state, batch, carry, None, raw_only=True)
+  assert int(new_state.step) == 1 and 'loss_D_T0' not in terms and float(terms['W']) > 0
+  changed = lambda a, b: max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                                           jax.tree_util.tree_leaves(b)))
+  assert changed(new_state.params['G'], state.params['G']) > 0
+  assert changed(new_state.params['D'], state.params['D']) > 0
+  assert changed(new_state.params['D_T'], state.params['D_T']) == 0
+  assert changed(new_state.opt_state['D_T'], state.opt_state['D_T']) == 0
+  assert new_carry['history']['fake'].shape[1] == 2 and new_carry['prev'][0].shape == (1, 2, 16, 16, 3)
+  np.testing.assert_array_equal(new_carry['prev'][0][:, -1], new_carry['last'])
+
+
+def test_options_from_a_config_and_the_vgg_fallback(caplog):
+  from configs import vid2vid_pose
+  config = vid2vid_pose.get_config()
+  options = step.Options.from_config(config)
+  assert (options.input_nc, options.num_D, options.no_first_img, options.ngf) == (6, 2, True, 128)
+  with caplog.at_level('WARNING'):
+    assert losses.vgg_weights_path('') is None
+  assert 'no VGG19 weights given' in caplog.text and '--kind=vgg19' in caplog.text
+  with pytest.raises(FileNotFoundError, match='is not a converted VGG19'):
+    losses.vgg_weights_path('/nonexistent')

@@ -216,6 +216,7 @@ class VGG19(nn.Module):
       if isinstance(m, nn.Conv2d):
         nn.init.normal_(m.weight, 0., math.sqrt(2. / (m.in_channels * 9)))
         nn.init.normal_(m.bias, 0., 0.1)
+    self.requires_grad_(False)  # a fixed feature extractor: gradients flow to its input only
 
   def forward(self, x):
     taps = []
@@ -287,7 +288,7 @@ def chunk_losses(nets, batch, prev, last, history, opts, use_raw_only=False):
   """The loss terms of one chunk for a single-scale generator, as the reference computes them."""
   generator, disc, temporal, vgg = nets
   t_g, t_d = opts['n_frames_G'], opts['n_frames_D']
-  labels, real_all = batch['labels'], batch['real']
+  labels, real_all = batch['inputs'], batch['frames']
   n_frames = labels.shape[1] - (t_g - 1)
   b, _, _, h, w = labels.shape
   outputs = {k: [] for k in ('final', 'raw', 'flow', 'weight')}
@@ -305,8 +306,8 @@ def chunk_losses(nets, batch, prev, last, history, opts, use_raw_only=False):
   terms['F_Flow'] = masked_l1(_fold(flow), flow_ref, conf) * opts['lambda_F']
   terms['F_Warp'] = masked_l1(warp(_fold(real_prev), _fold(flow)), _fold(real), conf) * opts['lambda_T']
   terms['W'] = masked_l1(_fold(weight), torch.zeros_like(_fold(weight)), conf) if opts['no_first_img'] else 0.
-  terms['G_VGG'] = (vgg_loss(vgg, _fold(final), _fold(real)) + vgg_loss(vgg, _fold(raw), _fold(real))) * \
-      opts['lambda_feat']
+  terms['G_VGG'] = 0. if vgg is None else \
+      (vgg_loss(vgg, _fold(final), _fold(real)) + vgg_loss(vgg, _fold(raw), _fold(real))) * opts['lambda_feat']
   real_ab = torch.cat([_fold(cur_labels), _fold(real)], 1)
   d_real = d_fake = g_gan = g_feat = 0.
   for fake in (final, raw):

@@ -9,16 +9,18 @@ Pure functions over explicit state, for a training loop to jit or pmap:
   state, carry, metrics = step(state, batch, carry, vgg_variables, raw_only=options.no_first_img)
   ... next chunk: step(state, next_batch, carry, vgg_variables, raw_only=False)
 
-A chunk of T generated frames (per device):
-  batch['labels'] [B, tG-1+T, H, W, input_nc]  labels of the tG-1 frames before the chunk, then the chunk's
-  batch['real']   [B, tG-1+T, H, W, 3]         the real frames, same frames, in [-1, 1]
-  batch['flow']   [B, T, H, W, 2]              reference flow into each chunk frame from the one before, in
-                                               pixels: real[t] ~ flow_warp(real[t-1], flow[t])
-  batch['conf']   [B, T, H, W, 1]              its confidence, 0 or 1
+A chunk of T generated frames (per device; the names of layered_jax.vid2vid.input_pipeline's batches):
+  batch['inputs']  [B, tG-1+T, H, W, input_nc]  inputs (labels) of the tG-1 frames before the chunk, then the chunk's
+  batch['frames']  [B, tG-1+T, H, W, 3]         the real frames, same frames, in [-1, 1]
+  batch['flow']    [B, T, H, W, 2]              reference flow into each chunk frame from the one before, in
+                                                pixels: frames[t] ~ flow_warp(frames[t-1], flow[t])
+  batch['conf']    [B, T, H, W, 1]              its confidence, 0 or 1
+  batch['flow_d<s>'] [B, T, H, W, 2]            optional, s >= 1: the flow into each frame from tD^s frames
+                                                before, for temporal D s (else chained from the consecutive flows)
 The carry between chunks holds the generator's previous outputs per scale, the
 last generated frame and the temporal discriminators' history of real and
-generated frames and flows (its length grows to HISTORY frames over the first
-chunks, so the first few chunks compile their own programs).
+generated frames and flows (its length grows to Options.history frames over the
+first chunks, so the first few chunks compile their own programs).
 """
 
 import dataclasses
@@ -38,6 +40,7 @@ from layered_jax.vid2vid.warp import flow_warp
 Array = jax.Array
 Carry = Dict[str, Any]
 sg = lax.stop_gradient
+FAST_COMPILE = {'xla_backend_optimization_level': 0}  # for programs run once: compile fast, run slower
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,17 +137,21 @@ def make_optimizers(options: Options, learning_rate: Optional[LearningRate] = No
   return {'G': g, 'D': d, 'D_T': optax.adam(lr, b1=options.beta1, b2=0.999)}
 
 
-def create_state(rng: Array, models: Models, options: Options, learning_rate: Optional[LearningRate] = None) -> State:
-  """Freshly initialised networks (the reference's init) and optimizer states."""
+def create_state(rng: Array, models: Models, options: Options, learning_rate: Optional[LearningRate] = None,
+                 params: Optional[Dict[str, Any]] = None) -> State:
+  """Optimizer states around `params` ({'G', 'D', 'D_T'}), or around freshly initialised networks (the reference's init)."""
   o = options
-  size = 2 ** (o.n_downsample_G + o.n_scales_spatial - 1)
-  keys = jax.random.split(rng, 2 + len(models.temporal))
-  params = {
-      'G': models.generator.init(keys[0], *models.generator.example_inputs())['params'],
-      'D': models.discriminator.init(keys[1], jnp.zeros((1, size, size, o.input_nc + o.output_nc)))['params'],
-      'D_T': tuple(d.init(k, jnp.zeros((1, size, size, o.output_nc * o.n_frames_D + 2 * (o.n_frames_D - 1))))['params']
-                   for d, k in zip(models.temporal, keys[2:])),
-  }
+  if params is None:
+    size = 2 ** (o.n_downsample_G + o.n_scales_spatial - 1)
+    keys = jax.random.split(rng, 2 + len(models.temporal))
+    image_in = jnp.zeros((1, size, size, o.input_nc + o.output_nc))
+    temporal_in = jnp.zeros((1, size, size, o.output_nc * o.n_frames_D + 2 * (o.n_frames_D - 1)))
+    init = jax.jit(lambda keys: {
+        'G': models.generator.init(keys[0], *models.generator.example_inputs())['params'],
+        'D': models.discriminator.init(keys[1], image_in)['params'],
+        'D_T': tuple(d.init(k, temporal_in)['params'] for d, k in zip(models.temporal, keys[2:]))})
+    # Run once: XLA:CPU's optimisations took 30 s of its 35-s compile here (a tiny network), for nothing.
+    params = init.lower(keys).compile(compiler_options=FAST_COMPILE)(keys)
   tx = make_optimizers(options, learning_rate)
   opt_state = {'G': tx['G'].init(params['G']), 'D': tx['D'].init(params['D']),
                'D_T': tuple(tx['D_T'].init(p) for p in params['D_T'])}
@@ -194,13 +201,14 @@ def generate_chunk(generator: Generator, g_params: Any, labels: Array, prevs: Se
 def initial_carry(batch: Dict[str, Array], options: Options, generator: Generator) -> Carry:
   """The carry for a clip's first chunk: real previous frames (zeros with no_first_img) and no history."""
   t_g = options.n_frames_G
-  real = batch['real']
-  first = real[:, :t_g - 1]
+  frames = batch['frames']
+  first = frames[:, :t_g - 1]
   if options.no_first_img:
     first = jnp.zeros_like(first)
-  empty = lambda c: jnp.zeros(real.shape[:1] + (0,) + real.shape[2:4] + (c,), real.dtype)
-  return {'prev': generator.pyramid(first), 'last': real[:, t_g - 2],
-          'history': {'real': empty(3), 'fake': empty(3), 'flow': empty(2)}}
+  empty = lambda c: jnp.zeros(frames.shape[:1] + (0,) + frames.shape[2:4] + (c,), frames.dtype)
+  history = {'real': empty(3), 'fake': empty(3), 'flow': empty(2)}
+  history.update({key: empty(2) for key in batch if key.startswith('flow_d')})
+  return {'prev': generator.pyramid(first), 'last': frames[:, t_g - 2], 'history': history}
 
 
 def temporal_groups(length: int, n_new: int, t_d: int, scale: int) -> List[Tuple[int, ...]]:
@@ -228,13 +236,19 @@ def compose_flows(flows: Array, start: int, end: int) -> Array:
   return total
 
 
-def _temporal_inputs(frames: Array, flows: Array, groups: Sequence[Tuple[int, ...]]) -> Array:
-  """Each group's frames (3 tD channels, oldest first) and the flows between them / 20, groups folded into the batch."""
+def temporal_inputs(frames: Array, flows: Dict[str, Array], groups: Sequence[Tuple[int, ...]], scale: int) -> Array:
+  """Each group's frames (3 tD channels, oldest first) and the flows between them / 20, groups folded into the batch.
+
+  flows['flow'] [B, L, H, W, 2] holds the flow into each frame from the one before;
+  flows['flow_d<scale>'], when present, the flow from tD^scale frames before (else
+  chained from the consecutive ones).
+  """
+  skip = flows['flow'] if scale == 0 else flows.get(f'flow_d{scale}')
   inputs = []
   for group in groups:
-    stacked = stack_frames(frames[:, list(group)])
-    between = [compose_flows(flows, a, b) / FLOW_SCALE for a, b in zip(group[:-1], group[1:])]
-    inputs.append(stack_channels([stacked] + between))
+    between = [(skip[:, b] if skip is not None else compose_flows(flows['flow'], a, b)) / FLOW_SCALE
+               for a, b in zip(group[:-1], group[1:])]
+    inputs.append(stack_channels([stack_frames(frames[:, list(group)])] + between))
   return jnp.concatenate(inputs, axis=0)
 
 
@@ -262,12 +276,12 @@ def chunk_losses(params: Dict[str, Any], batch: Dict[str, Array], carry: Carry, 
   o = options
   t_g = o.n_frames_G
   fg_labels = o.fg_labels if o.fg else ()
-  gen, prevs = generate_chunk(models.generator, params['G'], batch['labels'], carry['prev'], fg_labels, raw_only)
+  gen, prevs = generate_chunk(models.generator, params['G'], batch['inputs'], carry['prev'], fg_labels, raw_only)
   final, raw = gen['final'], gen['raw']
   fold = lambda x: x.reshape((-1,) + x.shape[2:])  # [B, T, ...] -> [B*T, ...], as the reference's reshape
-  real = batch['real'][:, t_g - 1:]
-  real_prev = batch['real'][:, t_g - 2:-1]
-  labels = batch['labels'][:, t_g - 1:]
+  real = batch['frames'][:, t_g - 1:]
+  real_prev = batch['frames'][:, t_g - 2:-1]
+  labels = batch['inputs'][:, t_g - 1:]
   flow_ref, conf = fold(batch['flow']), fold(batch['conf'])
   zero = jnp.zeros((), jnp.float32)
   terms = {}
@@ -300,18 +314,17 @@ def chunk_losses(params: Dict[str, Any], batch: Dict[str, Array], carry: Carry, 
 
   history = carry['history']
   seq = {'real': jnp.concatenate([history['real'], real], axis=1),
-         'fake': jnp.concatenate([history['fake'], sg(final)], axis=1),
-         'flow': jnp.concatenate([history['flow'], batch['flow']], axis=1)}
+         'fake': jnp.concatenate([history['fake'], sg(final)], axis=1)}
+  seq.update({k: jnp.concatenate([history[k], batch[k]], axis=1) for k in history if k.startswith('flow')})
   fake_seq = jnp.concatenate([history['fake'], final], axis=1)
-  n_new = final.shape[1]
   loss_d_t = []
   for s, disc in enumerate(models.temporal):
-    groups = temporal_groups(seq['real'].shape[1], n_new, o.n_frames_D, s)
+    groups = temporal_groups(seq['real'].shape[1], final.shape[1], o.n_frames_D, s)
     if not groups:
       break  # the longer scales have no group yet either
     d_real, d_fake, g_gan, g_feat = _gan_terms(
-        disc, params['D_T'][s], _temporal_inputs(seq['real'], seq['flow'], groups),
-        [_temporal_inputs(fake_seq, seq['flow'], groups)], o, 1)
+        disc, params['D_T'][s], temporal_inputs(seq['real'], seq, groups, s),
+        [temporal_inputs(fake_seq, seq, groups, s)], o, 1)
     terms.update({f'D_T_real{s}': d_real, f'D_T_fake{s}': d_fake, f'G_T_GAN{s}': g_gan, f'G_T_GAN_Feat{s}': g_feat})
     loss_d_t.append(0.5 * (d_real + d_fake))
 
@@ -320,6 +333,7 @@ def chunk_losses(params: Dict[str, Any], batch: Dict[str, Array], carry: Carry, 
   for s, loss in enumerate(loss_d_t):
     terms[f'loss_D_T{s}'] = loss
   total = terms['loss_G'] + terms['loss_D'] + sum(loss_d_t)
+  terms = {k: jnp.asarray(v) for k, v in terms.items()}
   keep = o.history
   new_carry = {'prev': prevs, 'last': sg(final[:, -1]),
                'history': {k: v[:, max(v.shape[1] - keep, 0):] for k, v in seq.items()}}
