@@ -17,6 +17,7 @@ PyTorch installed, JAX starts from its own initialisation.
 """
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -25,18 +26,50 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.timing import median_step_seconds, peak_tflops, xla_flops  # noqa: E402
 from layered_jax import hugepages, memory  # noqa: E402
+from layered_jax.models import layers  # noqa: E402
 from layered_jax.vid2vid import step as v2v  # noqa: E402
 
-# Pose 256p (scripts/pose/train_256p.sh: ngf 128, input_nc 6, num_D 2, 3 frames per GPU) and a size this CPU
-# steps through in seconds (vid2vid-spec section 8's prototype size).
+# Pose 256p (scripts/pose/train_256p.sh: ngf 128, input_nc 6, num_D 2, 3 frames per GPU), a size this CPU
+# steps through in seconds (vid2vid-spec section 8's prototype size), and one for smoke tests.
 PRESETS = {
     'pose256': dict(height=256, width=192, ngf=128, n_blocks=9, ndf=64),
     'small': dict(height=96, width=128, ngf=16, n_blocks=4, ndf=16),
+    'tiny': dict(height=32, width=32, ngf=4, n_blocks=1, ndf=4),
 }
+COMPILER_OPTIONS = None  # XLA's defaults for the timed step (the smoke test turns its optimisations off)
+
+
+def _xla_conv_padded(x, w, padding, stride=1, padding_mode='zeros'):
+  """Conv2d as nn.Conv runs it: XLA's convolution and gradients (reflection padding done beforehand)."""
+  if padding_mode == 'reflect':
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode='reflect')
+    padding = 0
+  return lax.conv_general_dilated(x, w, (stride, stride), ((padding, padding), (padding, padding)),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _xla_conv_transpose2x(x, w):
+  """ConvTranspose2d(k, 2, padding 1, output_padding 4-k) as nn.ConvTranspose runs it: a dilated XLA convolution."""
+  k = w.shape[0]
+  return lax.conv_general_dilated(x, jnp.flip(w, (0, 1)), (1, 1), ((k - 2, 2),) * 2, lhs_dilation=(2, 2),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@contextlib.contextmanager
+def xla_convolutions(enabled: bool):
+  """Within: layered_jax's convolution layers use XLA's own convolutions (the plain nn.Conv/nn.ConvTranspose path)."""
+  saved = layers.conv_padded, layers.conv_transpose2x
+  if enabled:
+    layers.conv_padded, layers.conv_transpose2x = _xla_conv_padded, _xla_conv_transpose2x
+  try:
+    yield
+  finally:
+    layers.conv_padded, layers.conv_transpose2x = saved
 
 
 def options_for(preset: str, dtype: str, no_vgg: bool) -> v2v.Options:
@@ -100,11 +133,11 @@ def jax_stepper(nets, options: v2v.Options, chunk, history):
   carry = v2v.initial_carry(batch, options, models.generator)
   carry['history'] = jax.device_put({k: _nhwc(v) for k, v in history.items()})
   step = jax.jit(v2v.make_train_step(models, options), static_argnames='raw_only', donate_argnums=(0, 2))
-  compiled = step.lower(state, batch, carry, vgg_variables).compile()
+  compiled = step.lower(state, batch, carry, vgg_variables).compile(compiler_options=COMPILER_OPTIONS)
 
   def run():
     nonlocal state, carry
-    state, carry, terms = step(state, batch, carry, vgg_variables)
+    state, carry, terms = compiled(state, batch, carry, vgg_variables)
     jax.block_until_ready(terms)
 
   return run, xla_flops(compiled), memory.compiled_bytes(compiled)
@@ -152,6 +185,9 @@ def main(argv=None):
   parser.add_argument('--rounds', type=int, default=3, help='alternating JAX/PyTorch rounds; the median round counts')
   parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   parser.add_argument('--no_vgg', action='store_true', help='leave the VGG19 loss out (on both sides)')
+  parser.add_argument('--xla_convs', action='store_true',
+                      help="time JAX with XLA's own convolutions (as plain nn.Conv/nn.ConvTranspose) instead of "
+                      "layered_jax's sub-pixel and custom-gradient ones")
   parser.add_argument('--skip_torch', action='store_true')
   parser.add_argument('--json', action='store_true', help='one JSON object per configuration')
   args = parser.parse_args(argv)
@@ -168,7 +204,7 @@ def main(argv=None):
   peaks = peak_tflops(device.device_kind)
   if not args.json:
     print(f'device: {device.device_kind} ({jax.default_backend()}), batch {args.batch}, {args.frames} frames per '
-          f'chunk, {args.dtype}' + (', no VGG' if args.no_vgg else ''))
+          f'chunk, {args.dtype}' + (', no VGG' if args.no_vgg else '') + (", XLA's convolutions" if args.xla_convs else ''))
     print(f'{"preset":>8} {"HxW":>8} {"ngf":>4} {"jax fps":>9} {"torch fps":>9} {"ratio":>6} {"GFLOP/frame":>11} '
           f'{"TFLOP/s":>8}' + (f' {"%bf16":>6} {"%fp32":>6}' if peaks else ''))
   rows = []
@@ -177,13 +213,14 @@ def main(argv=None):
     options = options_for(preset, args.dtype, args.no_vgg)
     chunk, history = random_chunk(np.random.default_rng(0), options, args.batch, args.frames, p['height'], p['width'])
     nets = torch_nets(options) if have_torch else None  # both sides start from the same weights
-    jax_step, flops, planned_bytes = jax_stepper(nets, options, chunk, history)
+    with xla_convolutions(args.xla_convs):  # traced and compiled inside
+      jax_step, flops, planned_bytes = jax_stepper(nets, options, chunk, history)
     steppers = [jax_step] if args.skip_torch else [jax_step, torch_stepper(nets, options, chunk, history)]
     jax_seconds, *torch_seconds = median_step_seconds(steppers, args.steps, args.rounds)
     torch_seconds = torch_seconds[0] if torch_seconds else None
     frames = args.batch * args.frames
     row = {'preset': preset, 'height': p['height'], 'width': p['width'], 'ngf': p['ngf'], 'frames_per_step': frames,
-           'dtype': args.dtype, 'vgg': not args.no_vgg, 'device': device.device_kind,
+           'dtype': args.dtype, 'vgg': not args.no_vgg, 'xla_convs': args.xla_convs, 'device': device.device_kind,
            'jax_fps': frames / jax_seconds, 'torch_fps': None if torch_seconds is None else frames / torch_seconds,
            'ratio': None if torch_seconds is None else torch_seconds / jax_seconds,
            'gflop_per_frame': flops / frames / 1e9, 'tflops': flops / jax_seconds / 1e12,

@@ -185,3 +185,30 @@ def test_options_from_a_config_and_the_vgg_fallback(caplog):
   assert 'no VGG19 weights given' in caplog.text and '--kind=vgg19' in caplog.text
   with pytest.raises(FileNotFoundError, match='is not a converted VGG19'):
     losses.vgg_weights_path('/nonexistent')
+
+
+def test_benchmark_times_both_frameworks(capsys, monkeypatch):
+  from benchmarks import vid2vid_step as benchmark
+  monkeypatch.setattr(benchmark, 'COMPILER_OPTIONS', step.FAST_COMPILE)  # a smoke test: compile time dominates
+  (row,) = benchmark.main(['--presets', 'tiny', '--steps', '1', '--rounds', '1', '--no_vgg', '--json'])
+  assert row['jax_fps'] > 0 and row['torch_fps'] > 0 and row['frames_per_step'] == 3
+  assert np.isclose(row['ratio'], row['jax_fps'] / row['torch_fps'])
+  assert 0 < row['gflop_per_frame'] < 1 and row['planned_memory_gib'] > 0
+  assert '"jax_fps"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('kernel,stride,padding,mode', [(3, 1, 1, 'reflect'), (7, 1, 3, 'reflect'), (3, 2, 1, 'zeros'),
+                                                        (4, 2, 2, 'zeros')])
+def test_benchmark_plain_convolutions_compute_the_same(rng, kernel, stride, padding, mode):
+  """--xla_convs swaps in XLA's own convolutions: the same layers, so the timings compare like with like."""
+  from benchmarks import vid2vid_step as benchmark
+  from layered_jax.models import layers
+  x = jnp.asarray(rng.normal(size=(1, 8, 6, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 5)), jnp.float32)
+  np.testing.assert_allclose(benchmark._xla_conv_padded(x, w, padding, stride, mode),
+                             layers.conv_padded(x, w, padding, stride, mode), atol=1e-4)
+  np.testing.assert_allclose(benchmark._xla_conv_transpose2x(x, w[:3, :3]), layers.conv_transpose2x(x, w[:3, :3]),
+                             atol=1e-4)
+  with benchmark.xla_convolutions(True):
+    assert layers.conv_padded is benchmark._xla_conv_padded
+  assert layers.conv_padded is not benchmark._xla_conv_padded

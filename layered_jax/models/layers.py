@@ -98,7 +98,7 @@ def conv_same_s1(x: Array, w: Array, padding: Padding, dilation: int = 1) -> Arr
 
 
 # Exact 2x transposed convolutions with padding 1 (PyTorch ConvTranspose2d(k, stride=2, padding=1,
-# output_padding=k-3): k=4, the renderer's, and k=3, vid2vid's). Per axis, output 2m + a (phase a) reads a
+# output_padding=4-k): k=4, the renderer's, and k=3, vid2vid's). Per axis, output 2m + a (phase a) reads a
 # two-input window starting at input m + start[a], with these kernel taps (-1: none). k=4: even outputs
 # read (m-1, m) with taps (3, 1), odd ones (m, m+1) with (2, 0); k=3: even (m) with tap 1, odd (m, m+1) with (2, 0).
 _PHASES = {4: ((-1, 0), ((3, 1), (2, 0))), 3: ((0, 0), ((1, -1), (2, 0)))}
@@ -159,7 +159,7 @@ _strided_conv_cpu = _with_adjoint_input_gradient(_strided_conv, _phase_conv_tran
 
 
 def conv_transpose2x(x: Array, w: Array) -> Array:
-  """Exact 2x transposed conv with padding 1 (PyTorch ConvTranspose2d(k, 2, 1, output_padding=k-3)).
+  """Exact 2x transposed conv with padding 1 (PyTorch ConvTranspose2d(k, 2, 1, output_padding=4-k)).
 
   w [k,k,I,O] with k 4 (the renderer's, cropped by one pixel per side) or 3 (vid2vid's), not flipped.
   """

@@ -129,12 +129,14 @@ def make_optimizers(options: Options, learning_rate: Optional[LearningRate] = No
   """
   lr = options.lr if learning_rate is None else learning_rate
   scaled = lambda factor: (lambda count: lr(count) * factor) if callable(lr) else lr * factor
+  # Each on one flat vector: per-leaf updates of ~200 small arrays made a fifth of the step's XLA program.
+  adam = lambda lr, b1, b2: optax.flatten(optax.adam(lr, b1=b1, b2=b2))
   if options.TTUR:
-    g = optax.adam(scaled(0.5), b1=0., b2=0.9)
-    d = optax.adam(scaled(2.), b1=0., b2=0.9)
+    g = adam(scaled(0.5), 0., 0.9)
+    d = adam(scaled(2.), 0., 0.9)
   else:
-    g = d = optax.adam(lr, b1=options.beta1, b2=0.999)
-  return {'G': g, 'D': d, 'D_T': optax.adam(lr, b1=options.beta1, b2=0.999)}
+    g = d = adam(lr, options.beta1, 0.999)
+  return {'G': g, 'D': d, 'D_T': adam(lr, options.beta1, 0.999)}
 
 
 def create_state(rng: Array, models: Models, options: Options, learning_rate: Optional[LearningRate] = None,
