@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layered_jax import files
 from layered_jax.models import Kp2UV, LayeredNeuralRenderer, layers
 from layered_jax.vid2vid.models import VGG19, Generator
 
@@ -401,6 +400,8 @@ def _describe(module: nn.Module) -> str:
 def save(output_dir: str, module: nn.Module, variables: Variables, overwrite: bool = False) -> None:
   """Write model.json and an Orbax checkpoint; nothing is left behind if it fails."""
   import orbax.checkpoint as ocp
+
+  from layered_jax import files  # needs OpenCV, which the GPU images lack; converting on them does not
   kind = next(kind for kind, cls in _MODULES.items() if isinstance(module, cls))
   sizes = {name: getattr(module, name) for name in _SIZE_FIELDS[kind]}
   with files.staged_directory(output_dir, overwrite) as staging:

@@ -4,7 +4,7 @@ Pure functions over explicit state, for a training loop to jit or pmap:
 
   models = build_models(options)
   state = create_state(jax.random.PRNGKey(0), models, options)
-  carry = initial_carry(batch, options)                     # the first chunk of a clip
+  carry = initial_carry(batch, options, models.generator)   # the first chunk of a clip
   step = jax.jit(make_train_step(models, options), static_argnames='raw_only')
   state, carry, metrics = step(state, batch, carry, vgg_variables, raw_only=options.no_first_img)
   ... next chunk: step(state, next_batch, carry, vgg_variables, raw_only=False)
