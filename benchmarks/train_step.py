@@ -16,7 +16,6 @@ accelerators, the device's measured peak, to check one against the other.
 
 import argparse
 import importlib
-import json
 import os
 import sys
 
@@ -25,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.timing import median_step_seconds, peak_tflops, xla_flops  # noqa: E402
+from benchmarks.timing import (median_step_seconds, peak_tflops, print_row, speed_fields,  # noqa: E402
+                               speed_header, xla_flops)
 from layered_jax import hugepages, memory, train  # noqa: E402
 from layered_jax.models import LayeredNeuralRenderer  # noqa: E402
 
@@ -111,36 +111,20 @@ def main(argv=None):
   if not args.json:
     print(f'device: {device.device_kind} ({jax.default_backend()}), {args.height}x{args.width}, '
           f'batch 1, nf={args.num_filters}, {args.dtype}')
-    print(f'{"layers":>6} {"jax fps":>9} {"torch fps":>9} {"ratio":>6} {"GFLOP/frame":>11} {"TFLOP/s":>8}'
-          + (f' {"%bf16":>6} {"%fp32":>6}' if peaks else ''))
+    print(f'{"layers":>6} {speed_header(peaks)}')
   rows = []
   for num_layers in args.layers:
     batch = random_batch(np.random.default_rng(0), 1, num_layers, args.height, args.width)
     jax_step, flops, planned_bytes = jax_stepper(batch, args.num_filters, args.dtype)
     steppers = [jax_step] if args.skip_torch else [jax_step, torch_stepper(batch, args.num_filters)]
-    jax_seconds, *torch_seconds = median_step_seconds(steppers, args.steps, args.rounds)
-    torch_seconds = torch_seconds[0] if torch_seconds else None
+    seconds = median_step_seconds(steppers, args.steps, args.rounds)
     peak_bytes = (device.memory_stats() or {}).get('peak_bytes_in_use')
     row = {'layers': num_layers, 'height': args.height, 'width': args.width, 'dtype': args.dtype,
-           'device': device.device_kind, 'jax_fps': 1 / jax_seconds,
-           'torch_fps': None if torch_seconds is None else 1 / torch_seconds,
-           'ratio': None if torch_seconds is None else torch_seconds / jax_seconds,
-           'gflop_per_frame': flops / 1e9, 'tflops': flops / jax_seconds / 1e12,
+           'device': device.device_kind, **speed_fields(1, seconds, flops, peaks),
            'planned_memory_gib': planned_bytes / 2 ** 30,
            'peak_memory_gib': None if peak_bytes is None else peak_bytes / 2 ** 30}
-    if peaks:
-      row['fraction_of_bf16_peak'] = row['tflops'] / peaks[0]
-      row['fraction_of_fp32_peak'] = row['tflops'] / peaks[1]
     rows.append(row)
-    if args.json:
-      print(json.dumps(row), flush=True)
-    else:
-      torch_fps = '-' if torch_seconds is None else f'{row["torch_fps"]:.3f}'
-      ratio = '-' if torch_seconds is None else f'{row["ratio"]:.2f}'
-      print(f'{num_layers:>6} {row["jax_fps"]:>9.3f} {torch_fps:>9} {ratio:>6} {row["gflop_per_frame"]:>11.1f} '
-            f'{row["tflops"]:>8.3f}' + (f' {100 * row["fraction_of_bf16_peak"]:>5.1f}% '
-                                        f'{100 * row["fraction_of_fp32_peak"]:>5.1f}%' if peaks else ''),
-            flush=True)
+    print_row(row, f'{num_layers:>6}', args.json)
   return rows
 
 

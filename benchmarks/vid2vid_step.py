@@ -19,7 +19,6 @@ PyTorch installed, JAX starts from its own initialisation.
 import argparse
 import contextlib
 import importlib
-import json
 import os
 import sys
 
@@ -29,7 +28,8 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.timing import median_step_seconds, peak_tflops, xla_flops  # noqa: E402
+from benchmarks.timing import (median_step_seconds, peak_tflops, print_row, speed_fields,  # noqa: E402
+                               speed_header, xla_flops)
 from layered_jax import hugepages, memory  # noqa: E402
 from layered_jax.models import layers  # noqa: E402
 from layered_jax.vid2vid import step as v2v  # noqa: E402
@@ -205,8 +205,7 @@ def main(argv=None):
   if not args.json:
     print(f'device: {device.device_kind} ({jax.default_backend()}), batch {args.batch}, {args.frames} frames per '
           f'chunk, {args.dtype}' + (', no VGG' if args.no_vgg else '') + (", XLA's convolutions" if args.xla_convs else ''))
-    print(f'{"preset":>8} {"HxW":>8} {"ngf":>4} {"jax fps":>9} {"torch fps":>9} {"ratio":>6} {"GFLOP/frame":>11} '
-          f'{"TFLOP/s":>8}' + (f' {"%bf16":>6} {"%fp32":>6}' if peaks else ''))
+    print(f'{"preset":>8} {"HxW":^9} {"ngf":>4} {speed_header(peaks)}')
   rows = []
   for preset in args.presets:
     p = PRESETS[preset]
@@ -216,29 +215,13 @@ def main(argv=None):
     with xla_convolutions(args.xla_convs):  # traced and compiled inside
       jax_step, flops, planned_bytes = jax_stepper(nets, options, chunk, history)
     steppers = [jax_step] if args.skip_torch else [jax_step, torch_stepper(nets, options, chunk, history)]
-    jax_seconds, *torch_seconds = median_step_seconds(steppers, args.steps, args.rounds)
-    torch_seconds = torch_seconds[0] if torch_seconds else None
+    seconds = median_step_seconds(steppers, args.steps, args.rounds)
     frames = args.batch * args.frames
     row = {'preset': preset, 'height': p['height'], 'width': p['width'], 'ngf': p['ngf'], 'frames_per_step': frames,
            'dtype': args.dtype, 'vgg': not args.no_vgg, 'xla_convs': args.xla_convs, 'device': device.device_kind,
-           'jax_fps': frames / jax_seconds, 'torch_fps': None if torch_seconds is None else frames / torch_seconds,
-           'ratio': None if torch_seconds is None else torch_seconds / jax_seconds,
-           'gflop_per_frame': flops / frames / 1e9, 'tflops': flops / jax_seconds / 1e12,
-           'planned_memory_gib': planned_bytes / 2 ** 30}
-    if peaks:
-      row['fraction_of_bf16_peak'] = row['tflops'] / peaks[0]
-      row['fraction_of_fp32_peak'] = row['tflops'] / peaks[1]
+           **speed_fields(frames, seconds, flops, peaks), 'planned_memory_gib': planned_bytes / 2 ** 30}
     rows.append(row)
-    if args.json:
-      print(json.dumps(row), flush=True)
-    else:
-      torch_fps = '-' if torch_seconds is None else f'{row["torch_fps"]:.3f}'
-      ratio = '-' if torch_seconds is None else f'{row["ratio"]:.2f}'
-      size = f'{p["height"]}x{p["width"]}'
-      print(f'{preset:>8} {size:>8} {p["ngf"]:>4} {row["jax_fps"]:>9.3f} {torch_fps:>9} {ratio:>6} '
-            f'{row["gflop_per_frame"]:>11.1f} {row["tflops"]:>8.3f}'
-            + (f' {100 * row["fraction_of_bf16_peak"]:>5.1f}% {100 * row["fraction_of_fp32_peak"]:>5.1f}%'
-               if peaks else ''), flush=True)
+    print_row(row, f'{preset:>8} {p["height"]:>4}x{p["width"]:<4} {p["ngf"]:>4}', args.json)
   return rows
 
 

@@ -132,6 +132,23 @@ def strip_data_parallel(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
   return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
 
 
+def _numpy_state(state_dict: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+  return {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, 'detach') else v)
+          for k, v in strip_data_parallel(state_dict).items()}
+
+
+def _key_problems(state: Mapping[str, Any], expected: Mapping[str, Any], allowed: Sequence[str] = ()) -> List[str]:
+  """'unknown keys [...]' and 'missing keys [...]' of a state dict against the expected keys."""
+  problems = []
+  unknown = sorted(set(state) - set(expected) - set(allowed))
+  missing = sorted(set(expected) - set(state))
+  if unknown:
+    problems.append(f'unknown keys {unknown}')
+  if missing:
+    problems.append(f'missing keys {missing}')
+  return problems
+
+
 def variables_from_state_dict(state_dict: Mapping[str, Any], kind: str,
                               source: str = 'state dict') -> Tuple[nn.Module, Variables]:
   """(module, variables) from a reference state dict; errors name every bad key."""
@@ -142,18 +159,11 @@ def variables_from_state_dict(state_dict: Mapping[str, Any], kind: str,
       raise ValueError(f'{source} has BatchNorm entries: is it vgg19_bn? The perceptual loss uses plain vgg19')
     module = VGG19()
     return module, {'params': flax_from_torch_state(module, state_dict, source, _VGG19_UNUSED)['params']}
-  state = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, 'detach') else v)
-           for k, v in strip_data_parallel(state_dict).items() if not k.endswith(_IGNORED_SUFFIX)}
+  state = {k: v for k, v in _numpy_state(state_dict).items() if not k.endswith(_IGNORED_SUFFIX)}
   module = build_module(kind, **infer_sizes(kind, state))
   expected = _flat(_abstract_variables(module, kind))
   keys = {torch_key(path): path for path in expected}
-  problems = []
-  unknown = sorted(set(state) - set(keys))
-  missing = sorted(set(keys) - set(state))
-  if unknown:
-    problems.append(f'unknown keys {unknown}')
-  if missing:
-    problems.append(f'missing keys {missing}')
+  problems = _key_problems(state, keys)
   flat = {}
   for key, path in keys.items():
     if key in state:
@@ -256,19 +266,12 @@ def flax_from_torch_state(module: nn.Module, state_dict: Mapping[str, Any], sour
   reference); `ignored` keys are known entries the module does not use. `args`:
   example inputs (their channel counts matter) for modules other than Generator and VGG19.
   """
-  state = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, 'detach') else v)
-           for k, v in strip_data_parallel(state_dict).items()}
+  state = _numpy_state(state_dict)
   abstract, table = _layer_table(module, args or _example_args(module))
   expected = _flat(abstract)
   keys = {_vid2vid_key(path): path for path in expected}
   buffers = {'.'.join(path + (b,)) for path, (kind, _) in table.items() if kind == 'norm' for b in _NORM_BUFFERS}
-  problems = []
-  unknown = sorted(set(state) - set(keys) - buffers - set(ignored))
-  missing = sorted(set(keys) - set(state))
-  if unknown:
-    problems.append(f'unknown keys {unknown}')
-  if missing:
-    problems.append(f'missing keys {missing}')
+  problems = _key_problems(state, keys, buffers | set(ignored))
   flat = {}
   for key, path in keys.items():
     if key not in state:

@@ -57,14 +57,9 @@ def test_scale_count_can_be_limited_or_required(generator_files, tmp_path):
 
 
 def _broken(changes):
-  coarse, _ = _generator_scales()
-  state = coarse.state_dict()
-  for key, value in changes.items():
-    if value is None:
-      del state[key]
-    else:
-      state[key] = value
-  return state
+  """The coarse scale's state dict with entries added or replaced (a tensor) or removed (None)."""
+  state = {**_generator_scales()[0].state_dict(), **changes}
+  return {key: value for key, value in state.items() if value is not None}
 
 
 @pytest.mark.parametrize('changes,message', [

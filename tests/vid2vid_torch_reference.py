@@ -337,8 +337,9 @@ def chunk_losses(nets, batch, prev, last, history, opts, use_raw_only=False):
     d_real, d_fake, g_gan, g_feat = _gan(disc_t, torch.cat(ins['real']), torch.cat(ins['fake']), opts)
     terms.update({f'D_T_real{s}': d_real, f'D_T_fake{s}': d_fake, f'G_T_GAN{s}': g_gan, f'G_T_GAN_Feat{s}': g_feat})
     loss_d_t.append(0.5 * (d_real + d_fake))
-  terms['loss_G'] = sum(v for k, v in terms.items() if k.startswith(('G_', 'F_')) or k == 'W')
-  terms['loss_D'] = 0.5 * (terms['D_real'] + terms['D_fake'])
-  for s, loss in enumerate(loss_d_t):
-    terms[f'loss_D_T{s}'] = loss
+  generator_terms = ['G_GAN', 'G_GAN_Feat', 'G_VGG', 'G_Warp', 'F_Flow', 'F_Warp', 'W']
+  generator_terms += [f'{name}{s}' for s in range(len(loss_d_t)) for name in ('G_T_GAN', 'G_T_GAN_Feat')]
+  terms['loss_G'] = sum(terms[name] for name in generator_terms)
+  terms['loss_D'] = (terms['D_fake'] + terms['D_real']) * 0.5
+  terms.update({f'loss_D_T{s}': loss for s, loss in enumerate(loss_d_t)})
   return terms

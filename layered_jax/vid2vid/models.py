@@ -120,16 +120,31 @@ def _head(features: int, activation: Optional[str]) -> Tuple[Layer, ...]:
   return (('reflect', 3), ('conv', features, 7, 1, 0)) + ((activation,) if activation else ())
 
 
-class _Composite(nn.Module):
+class _GeneratorFields(nn.Module):
+  """The fields every generator has (pass them by keyword)."""
+  output_nc: int = 3
+  fg: bool = False  # the foreground branch (street scenes), pasted under fg_mask
+  no_flow: bool = False
+  norm: str = 'batch'
+  axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32
+
+  def shared_fields(self) -> Dict[str, Any]:
+    return {name: getattr(self, name) for name in ('output_nc', 'fg', 'no_flow', 'norm', 'axis_name', 'dtype')}
+
+  def stack(self, layers: Tuple[Layer, ...], name: str) -> 'Stack':
+    return Stack(layers, self.norm, self.axis_name, self.dtype, name=name)
+
+
+class _Composite(_GeneratorFields):
   """What both generators share: the output heads, the flow warp and the foreground paste."""
 
-  def heads(self, img_feat: Array, flow_feat: Optional[Array], flow_scale: float, output_nc: int):
-    stack = lambda layers, name: Stack(layers, self.norm, self.axis_name, self.dtype, name=name)
-    raw = stack(_head(output_nc, 'tanh'), 'model_final_img')(img_feat)
+  def heads(self, img_feat: Array, flow_feat: Optional[Array], flow_scale: float):
+    raw = self.stack(_head(self.output_nc, 'tanh'), 'model_final_img')(img_feat)
     if flow_feat is None:
       return raw, None, None
-    flow = at_least_f32(stack(_head(2, None), 'model_final_flow')(flow_feat)) * flow_scale
-    weight = stack(_head(1, 'sigmoid'), 'model_final_w')(flow_feat)
+    flow = at_least_f32(self.stack(_head(2, None), 'model_final_flow')(flow_feat)) * flow_scale
+    weight = self.stack(_head(1, 'sigmoid'), 'model_final_w')(flow_feat)
     return raw, flow, weight
 
   @staticmethod
@@ -165,17 +180,11 @@ class CompositeGenerator(_Composite):
   ngf: int = 128
   n_downsample: int = 3
   n_blocks: int = 9
-  output_nc: int = 3
-  fg: bool = False
-  no_flow: bool = False
-  norm: str = 'batch'
-  axis_name: Optional[str] = None
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, labels: Array, prev: Array, fg_mask: Optional[Array] = None, use_raw_only: bool = False):
     check_size(labels, 2 ** self.n_downsample)
-    stack = lambda layers, name: Stack(layers, self.norm, self.axis_name, self.dtype, name=name)
+    stack = self.stack
     n, n_res = self.n_downsample, self.n_blocks - self.n_blocks // 2
     down = (stack(_encoder(self.ngf, n, n_res), 'model_down_seg')(labels)
             + stack(_encoder(self.ngf, n, n_res), 'model_down_img')(prev))
@@ -184,7 +193,7 @@ class CompositeGenerator(_Composite):
     flow_feat = None
     if not self.no_flow:
       flow_feat = stack(_decoder(self.ngf, n), 'model_up_flow')(stack(res, 'model_res_flow')(down))
-    raw, flow, weight = self.heads(img_feat, flow_feat, FLOW_SCALE, self.output_nc)
+    raw, flow, weight = self.heads(img_feat, flow_feat, FLOW_SCALE)
     fg = fg_feat = None
     if self.fg:
       ngf_fg = fg_filters(self.ngf, n)
@@ -207,18 +216,12 @@ class CompositeLocalGenerator(_Composite):
   n_blocks_local: int = 3
   scale: int = 1
   n_downsample: int = 3  # the global generator's: the foreground branch is half as wide when it is > 2
-  output_nc: int = 3
-  fg: bool = False
-  no_flow: bool = False
-  norm: str = 'batch'
-  axis_name: Optional[str] = None
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, labels: Array, prev: Array, coarse: Dict[str, Optional[Array]],
                fg_mask: Optional[Array] = None, use_raw_only: bool = False):
     check_size(labels, 2)
-    stack = lambda layers, name: Stack(layers, self.norm, self.axis_name, self.dtype, name=name)
+    stack = self.stack
     down = (stack(_encoder(self.ngf, 1, 0), 'model_down_seg')(labels)
             + stack(_encoder(self.ngf, 1, 0), 'model_down_img')(prev))
     up = _decoder(self.ngf, 1, self.n_blocks_local)
@@ -226,7 +229,7 @@ class CompositeLocalGenerator(_Composite):
     flow_feat = None
     if not self.no_flow:
       flow_feat = stack(up, 'model_up_flow')(down + coarse['flow_feat'].astype(down.dtype))
-    raw, flow, weight = self.heads(img_feat, flow_feat, FLOW_SCALE * 2 ** self.scale, self.output_nc)
+    raw, flow, weight = self.heads(img_feat, flow_feat, FLOW_SCALE * 2 ** self.scale)
     fg = fg_feat = None
     if self.fg:
       ngf_fg = fg_filters(self.ngf, self.n_downsample)
@@ -249,7 +252,7 @@ def check_size(x: Array, multiple: int) -> None:
                      '(2^(n_downsample_G + n_scales_spatial - 1)); resize or crop the video')
 
 
-class Generator(nn.Module):
+class Generator(_GeneratorFields):
   """The coarse-to-fine generator: netG0 (CompositeGenerator) then netG1..netG{S-1} (CompositeLocalGenerator).
 
   apply(variables, labels, prevs, fg_masks=None, use_raw_only=False): per scale s =
@@ -264,12 +267,6 @@ class Generator(nn.Module):
   n_blocks: int = 9
   n_blocks_local: int = 3
   n_scales: int = 1
-  output_nc: int = 3
-  fg: bool = False
-  no_flow: bool = False
-  norm: str = 'batch'
-  axis_name: Optional[str] = None
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, labels: Sequence[Array], prevs: Sequence[Array], fg_masks: Optional[Sequence[Array]] = None,
@@ -284,14 +281,14 @@ class Generator(nn.Module):
       raise ValueError(f'previous frames have {prevs[0].shape[-1]} channels; this generator takes '
                        f'{self.output_nc} * {t_g - 1} (the last {t_g - 1} outputs stacked, oldest first)')
     fg_masks = fg_masks if fg_masks is not None else [None] * self.n_scales
-    common = dict(output_nc=self.output_nc, fg=self.fg, no_flow=self.no_flow, norm=self.norm,
-                  axis_name=self.axis_name, dtype=self.dtype)
-    out = CompositeGenerator(self.ngf, self.n_downsample, self.n_blocks, name='netG0', **common)(
-        labels[0], prevs[0], fg_masks[0], use_raw_only)
+    common = self.shared_fields()
+    out = CompositeGenerator(ngf=self.ngf, n_downsample=self.n_downsample, n_blocks=self.n_blocks, name='netG0',
+                             **common)(labels[0], prevs[0], fg_masks[0], use_raw_only)
     outputs = [out]
     for s in range(1, self.n_scales):
-      out = CompositeLocalGenerator(self.ngf // 2 ** s, self.n_blocks_local, s, self.n_downsample,
-                                    name=f'netG{s}', **common)(labels[s], prevs[s], out, fg_masks[s], use_raw_only)
+      out = CompositeLocalGenerator(ngf=self.ngf // 2 ** s, n_blocks_local=self.n_blocks_local, scale=s,
+                                    n_downsample=self.n_downsample, name=f'netG{s}', **common)(
+                                        labels[s], prevs[s], out, fg_masks[s], use_raw_only)
       outputs.append(out)
     return outputs
 
@@ -341,13 +338,16 @@ def _run_blocks(blocks, names, x, norm, axis_name, dtype) -> List[Array]:
   return features
 
 
-class NLayerDiscriminator(nn.Module):
-  """PatchGAN (kernel 4, padding 2): apply(variables, x [B,H,W,C]) -> the n_layers + 2 blocks' outputs, last = scores."""
+class _PatchGANFields(nn.Module):
   ndf: int = 64
   n_layers: int = 3
   norm: str = 'batch'
   axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
+
+
+class NLayerDiscriminator(_PatchGANFields):
+  """PatchGAN (kernel 4, padding 2): apply(variables, x [B,H,W,C]) -> the n_layers + 2 blocks' outputs, last = scores."""
 
   @nn.compact
   def __call__(self, x: Array) -> List[Array]:
@@ -356,7 +356,7 @@ class NLayerDiscriminator(nn.Module):
     return _run_blocks(blocks, names, x.astype(self.dtype), self.norm, self.axis_name, self.dtype)
 
 
-class MultiscaleDiscriminator(nn.Module):
+class MultiscaleDiscriminator(_PatchGANFields):
   """num_D PatchGANs on the input and its 3x3-average-pooled halvings.
 
   apply(variables, x) -> [features at full size, at 1/2, ...], each the list of a
@@ -364,12 +364,7 @@ class MultiscaleDiscriminator(nn.Module):
   min(64, ndf * 2^k) filters whose variables are `scale{num_D-1-k}_layer{j}`, as the
   reference names them.
   """
-  ndf: int = 64
-  n_layers: int = 3
   num_D: int = 2
-  norm: str = 'batch'
-  axis_name: Optional[str] = None
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> List[List[Array]]:

@@ -104,9 +104,11 @@ def build_models(options: Options, axis_name: Optional[str] = None) -> Models:
   o = options
   dtype = jnp.dtype(o.dtype)
   bn_axis = axis_name if o.sync_batch_norm else None
-  generator = Generator(o.input_nc, o.n_frames_G, o.ngf, o.n_downsample_G, o.n_blocks, o.n_blocks_local,
-                        o.n_scales_spatial, o.output_nc, o.fg, o.no_flow, o.norm, bn_axis, dtype)
-  disc = lambda: MultiscaleDiscriminator(o.ndf, o.n_layers_D, o.num_D, o.norm, bn_axis, dtype)
+  generator = Generator(input_nc=o.input_nc, n_frames_G=o.n_frames_G, ngf=o.ngf, n_downsample=o.n_downsample_G,
+                        n_blocks=o.n_blocks, n_blocks_local=o.n_blocks_local, n_scales=o.n_scales_spatial,
+                        output_nc=o.output_nc, fg=o.fg, no_flow=o.no_flow, norm=o.norm, axis_name=bn_axis, dtype=dtype)
+  disc = lambda: MultiscaleDiscriminator(ndf=o.ndf, n_layers=o.n_layers_D, num_D=o.num_D, norm=o.norm,
+                                        axis_name=bn_axis, dtype=dtype)
   return Models(generator, disc(), tuple(disc() for _ in range(o.n_scales_temporal)), VGG19(dtype))
 
 
