@@ -87,7 +87,9 @@ class Options:
 
   @property
   def history(self) -> int:
-    """Frames the temporal discriminators need from earlier chunks: tD^(S_T-1) (tD-1)."""
+    """Frames the temporal discriminators need from earlier chunks: tD^(S_T-1) (tD-1) (0 without them)."""
+    if not self.n_scales_temporal:
+      return 0
     return self.n_frames_D ** (self.n_scales_temporal - 1) * (self.n_frames_D - 1)
 
 
