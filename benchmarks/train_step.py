@@ -16,22 +16,20 @@ accelerators, the device's measured peak, to check one against the other.
 
 import argparse
 import importlib
-import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.timing import (median_step_seconds, peak_tflops, print_row, speed_fields,  # noqa: E402
+                               speed_header, xla_flops)
 from layered_jax import hugepages, memory, train  # noqa: E402
 from layered_jax.models import LayeredNeuralRenderer  # noqa: E402
 
 LOSS_WEIGHTS = {'lambda_alpha_l1': 0.01, 'lambda_alpha_l0': 0.005, 'lambda_mask': 50.}
-# Dense spec-sheet peaks in TFLOP/s (bf16 tensor core, fp32 non-tensor) for reporting utilisation.
-PEAK_TFLOPS = {'H200': (989., 67.), 'H100': (989., 67.), 'A100': (312., 19.5)}
 
 
 def random_batch(rng: np.random.Generator, batch_size: int, num_layers: int, height: int, width: int):
@@ -54,9 +52,7 @@ def jax_stepper(batch, num_filters: int, dtype: str):
   step = jax.jit(train.train_step, donate_argnums=0)
   weights = jax.device_put(LOSS_WEIGHTS)
   compiled = step.lower(state, batch, weights).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', 0.)) if cost else 0.
+  flops = xla_flops(compiled)
 
   def run():
     nonlocal state
@@ -91,24 +87,6 @@ def torch_stepper(batch, num_filters: int):
   return run
 
 
-def median_step_seconds(steppers, steps: int, rounds: int):
-  """Median seconds per step of each stepper, timed in alternating rounds of `steps` steps.
-
-  Alternating keeps slow drifts of a shared machine's speed out of the ratio. Each
-  round starts with an untimed step: the first step after the other framework's
-  ran up to 40% slower here.
-  """
-  times = [[] for _ in steppers]
-  for _ in range(rounds):
-    for run, seconds in zip(steppers, times):
-      run()  # untimed: absorbs first-call setup, lets the other framework's threads and memory settle
-      start = time.perf_counter()
-      for _ in range(steps):
-        run()
-      seconds.append((time.perf_counter() - start) / steps)
-  return [float(np.median(seconds)) for seconds in times]
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--layers', type=int, nargs='+', default=[2, 4], help='layers per frame, background included')
@@ -129,40 +107,24 @@ def main(argv=None):
                    'pip install -r requirements-test.txt, or pass --skip_torch to time JAX alone')
 
   device = jax.devices()[0]
-  peaks = next((p for name, p in PEAK_TFLOPS.items() if name in device.device_kind), None)
+  peaks = peak_tflops(device.device_kind)
   if not args.json:
     print(f'device: {device.device_kind} ({jax.default_backend()}), {args.height}x{args.width}, '
           f'batch 1, nf={args.num_filters}, {args.dtype}')
-    print(f'{"layers":>6} {"jax fps":>9} {"torch fps":>9} {"ratio":>6} {"GFLOP/frame":>11} {"TFLOP/s":>8}'
-          + (f' {"%bf16":>6} {"%fp32":>6}' if peaks else ''))
+    print(f'{"layers":>6} {speed_header(peaks)}')
   rows = []
   for num_layers in args.layers:
     batch = random_batch(np.random.default_rng(0), 1, num_layers, args.height, args.width)
     jax_step, flops, planned_bytes = jax_stepper(batch, args.num_filters, args.dtype)
     steppers = [jax_step] if args.skip_torch else [jax_step, torch_stepper(batch, args.num_filters)]
-    jax_seconds, *torch_seconds = median_step_seconds(steppers, args.steps, args.rounds)
-    torch_seconds = torch_seconds[0] if torch_seconds else None
+    seconds = median_step_seconds(steppers, args.steps, args.rounds)
     peak_bytes = (device.memory_stats() or {}).get('peak_bytes_in_use')
     row = {'layers': num_layers, 'height': args.height, 'width': args.width, 'dtype': args.dtype,
-           'device': device.device_kind, 'jax_fps': 1 / jax_seconds,
-           'torch_fps': None if torch_seconds is None else 1 / torch_seconds,
-           'ratio': None if torch_seconds is None else torch_seconds / jax_seconds,
-           'gflop_per_frame': flops / 1e9, 'tflops': flops / jax_seconds / 1e12,
+           'device': device.device_kind, **speed_fields(1, seconds, flops, peaks),
            'planned_memory_gib': planned_bytes / 2 ** 30,
            'peak_memory_gib': None if peak_bytes is None else peak_bytes / 2 ** 30}
-    if peaks:
-      row['fraction_of_bf16_peak'] = row['tflops'] / peaks[0]
-      row['fraction_of_fp32_peak'] = row['tflops'] / peaks[1]
     rows.append(row)
-    if args.json:
-      print(json.dumps(row), flush=True)
-    else:
-      torch_fps = '-' if torch_seconds is None else f'{row["torch_fps"]:.3f}'
-      ratio = '-' if torch_seconds is None else f'{row["ratio"]:.2f}'
-      print(f'{num_layers:>6} {row["jax_fps"]:>9.3f} {torch_fps:>9} {ratio:>6} {row["gflop_per_frame"]:>11.1f} '
-            f'{row["tflops"]:>8.3f}' + (f' {100 * row["fraction_of_bf16_peak"]:>5.1f}% '
-                                        f'{100 * row["fraction_of_fp32_peak"]:>5.1f}%' if peaks else ''),
-            flush=True)
+    print_row(row, f'{num_layers:>6}', args.json)
   return rows
 
 

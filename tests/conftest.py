@@ -41,3 +41,12 @@ def browser():
   from tests import browser as browser_lib
   with browser_lib.start() as session:
     yield session
+
+
+def run_once(fn, *args, static_argnums=(), **static_kwargs):
+  """fn(*args, **static_kwargs) jitted and compiled without XLA's backend optimisations: for programs a test runs
+  once (their compile takes half the time or less; the results are the same)."""
+  from layered_jax.vid2vid.step import FAST_COMPILE
+  dynamic = [a for i, a in enumerate(args) if i not in static_argnums]
+  jitted = jax.jit(fn, static_argnums=static_argnums, static_argnames=tuple(static_kwargs))
+  return jitted.lower(*args, **static_kwargs).compile(compiler_options=FAST_COMPILE)(*dynamic)

@@ -151,3 +151,54 @@ def test_conv_init_follows_torch_bounds():
   assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
   transposed = layers.Conv(8, 4, transpose=True).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 16)))
   assert np.abs(transposed['params']['kernel']).max() <= 1 / np.sqrt(8 * 16)
+
+
+@pytest.mark.parametrize('kernel,stride,padding,mode,transpose,size', [
+    (3, 1, 1, 'reflect', False, (8, 6)),  # vid2vid's residual blocks
+    (7, 1, 3, 'reflect', False, (12, 10)),  # its C7 layers
+    (3, 2, 1, 'zeros', False, (8, 6)),  # its downsampling (adjoint input gradient)
+    (3, 2, 1, 'zeros', False, (9, 7)),  # odd sizes: XLA's own
+    (4, 2, 2, 'zeros', False, (9, 7)),  # PatchGAN
+    (4, 1, 2, 'zeros', False, (5, 4)),
+    (3, 2, 1, 'zeros', True, (4, 3)),  # its upsampling: ConvTranspose2d(3, 2, 1, output_padding=1)
+])
+def test_padded_convs_match_torch_forward_and_gradients(rng, kernel, stride, padding, mode, transpose, size):
+  if transpose:
+    conv = torch.nn.ConvTranspose2d(6, 5, kernel, stride, padding, output_padding=1)
+  else:
+    conv = torch.nn.Conv2d(6, 5, kernel, stride, padding, padding_mode=mode)
+  x = torch.randn(2, 6, *size, requires_grad=True)
+  y_t = conv(x)
+  (y_t * torch.cos(y_t)).sum().backward()
+  axes = (2, 3, 0, 1) if transpose else (2, 3, 1, 0)
+  params = {'kernel': conv.weight.detach().numpy().transpose(axes), 'bias': conv.bias.detach().numpy()}
+  module = layers.Conv(5, kernel, stride, transpose=transpose, padding=None if transpose else padding,
+                       padding_mode=mode)
+
+  def loss(params, x):
+    y = module.apply({'params': params}, x)
+    return jnp.sum(y * jnp.cos(y)), y
+
+  (_, y), (dparams, dx) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, nhwc(x))
+  np.testing.assert_allclose(y, nhwc(y_t), atol=1e-5)
+  np.testing.assert_allclose(dx, nhwc(x.grad), atol=1e-4)
+  np.testing.assert_allclose(dparams['kernel'], conv.weight.grad.numpy().transpose(axes), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dparams['bias'], conv.bias.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_uses_batch_statistics_as_torch_train_mode_even_far_from_zero(rng):
+  """Two-pass variance: with a mean 1000x the spread, E[x^2] - E[x]^2 in float32 would lose it entirely."""
+  x = torch.randn(3, 4, 5, 6, dtype=torch.float64) + 1000.
+  bn = torch.nn.BatchNorm2d(4).double()
+  with torch.no_grad():
+    bn.weight.copy_(torch.linspace(0.5, 2, 4))
+    bn.bias.copy_(torch.linspace(-1, 1, 4))
+  x.requires_grad_(True)
+  y_t = bn(x)
+  (y_t * torch.sin(y_t)).sum().backward()
+  params = {'scale': bn.weight.detach().numpy().astype(np.float32), 'bias': bn.bias.detach().numpy().astype(np.float32)}
+  module = layers.BatchNorm()
+  loss = lambda x: (lambda y: jnp.sum(y * jnp.sin(y)))(module.apply({'params': params}, x))
+  x32 = nhwc(x).astype(np.float32)
+  np.testing.assert_allclose(module.apply({'params': params}, x32), nhwc(y_t), atol=2e-3)
+  np.testing.assert_allclose(jax.grad(loss)(x32), nhwc(x.grad), atol=2e-2)

@@ -98,6 +98,7 @@ importlib.machinery.PathFinder.find_spec = classmethod(
     lambda cls, name, path=None, target=None: None if name.split('.')[0] in hidden else find(name, path, target))
 import benchmarks.train_step, benchmarks.scaling, layered_jax.train, layered_jax.models, layered_jax.losses
 import layered_jax.input_pipeline, layered_jax.memory, layered_jax.loop, layered_jax.dataset, layered_jax.errors
+import benchmarks.vid2vid_step, layered_jax.vid2vid.step, layered_jax.convert
 assert not [m for m in hidden if m in sys.modules]
 '''
   result = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True, text=True)
