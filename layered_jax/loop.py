@@ -25,6 +25,7 @@ A trainer uses them in this order (layered_jax.train does):
 Imports without TensorFlow, TFDS, CLU or ml_collections (CLU and Orbax are imported when used).
 """
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -287,11 +288,25 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-  def _remove_partial(self) -> None:
+  def _remove_partial(self) -> bool:
+    """Removes unfinished checkpoint folders; True if there were any."""
+    found = False
     if os.path.isdir(self.directory):
       for name in os.listdir(self.directory):
         if _TMP_MARK in name:
+          found = True
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    return found
+
+  def _remove_failed_write(self, settle: float = 1., limit: float = 15.) -> None:
+    """Removes a failed save's folder for good: Orbax's abandoned writers may recreate it after it is removed,
+    so it is removed until it has stayed away for `settle` seconds, and once more at exit."""
+    deadline, quiet_since = time.monotonic() + limit, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < settle:
+      if self._remove_partial():
+        quiet_since = time.monotonic()
+      time.sleep(0.05)
+    atexit.register(self._remove_partial)
 
   def steps(self) -> List[int]:
     return sorted(self._manager.all_steps())
@@ -327,7 +342,7 @@ class Checkpoints:
       if reason is None:
         raise
       if jax.process_index() == 0:
-        self._remove_partial()
+        self._remove_failed_write()
       self._manager.reload()
       raise errors.OutputError(f'could not write checkpoint {self.label} {step} in {self.directory}: {reason}; '
                                f'{self.kept()}; run the same command again to resume from it') from error
