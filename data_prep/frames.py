@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from data_prep.video_folder import HIGH_RES_DIR, LOW_RES_DIR, DataError
-from layered_jax import errors
+from layered_jax import errors, files
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 
@@ -70,6 +70,7 @@ def extract(source: str, video_dir: str, size: Tuple[int, int] = (448, 256), peo
   if any(os.path.exists(t) for t in targets) and not overwrite:
     raise FileExistsError(f'{video_dir} already has frames; pass --overwrite to replace them')
   os.makedirs(video_dir, exist_ok=True)
+  files.remove_stale_staging(os.path.join(video_dir, 'frames'))  # .frames-xxxxxxxx that a killed run left
   staging = tempfile.mkdtemp(prefix='.frames-', dir=video_dir)
   try:
     for d in (LOW_RES_DIR, HIGH_RES_DIR):

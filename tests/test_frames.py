@@ -24,7 +24,9 @@ def _write_video(path, count, size=(160, 96)):
 def test_video_file_gives_low_and_exactly_2x_frames_and_metadata(tmp_path):
   _write_video(str(tmp_path / 'clip.avi'), 4)
   out = tmp_path / 'video'
+  (out / '.frames-k9x2ab7q' / 'rgb_256').mkdir(parents=True)  # a killed run's staging
   assert frames.extract(str(tmp_path / 'clip.avi'), str(out), size=(64, 32), people=2) == 4
+  assert sorted(os.listdir(out)) == ['metadata.json', 'rgb_256', 'rgb_512']
   assert sorted(os.listdir(out / 'rgb_256')) == ['0001.png', '0002.png', '0003.png', '0004.png']
   assert cv2.imread(str(out / 'rgb_256' / '0003.png')).shape == (32, 64, 3)
   assert cv2.imread(str(out / 'rgb_512' / '0003.png')).shape == (64, 128, 3)
