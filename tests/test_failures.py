@@ -88,9 +88,9 @@ def test_a_workdir_reused_with_another_video_stops_before_any_compute(trained, t
   # The same video with other build options is refused too, and with the same ones reused.
   config = tiny_config(video)
   config.trimap_width = 8
-  with pytest.raises(errors.WorkdirError, match=r'\(trimap_width 24 there, 8 now\)'):
+  with pytest.raises(errors.WorkdirError, match=r'\(trimap_width 36 there, 8 now\)'):
     prepare.prepare_dataset(config, str(workdir))
-  config.trimap_width = 24
+  config.trimap_width = 36
   assert prepare.prepare_dataset(config, str(workdir)).endswith('work/data/layered_video/1.0.0')
 
 
