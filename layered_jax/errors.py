@@ -2,7 +2,7 @@
 
 Raise a `UserError` subclass for anything the user has to change; its message names the config field, file,
 frame or workdir and says what to do. Commands run their work inside `reported()`, which prints such an error,
-and any OSError (a full disk, a read-only folder, a missing file), as one line and exits with status 2; with
+and any OSError (a full disk, a read-only folder, a missing file) or library error that carries one, as one line and exits with status 2; with
 `show_traceback` (main's --traceback) the traceback comes first. Other exceptions are bugs and keep their
 traceback.
 
@@ -88,17 +88,29 @@ def warn(message: str) -> None:
 
 @contextlib.contextmanager
 def reported(show_traceback: bool = False, last_words: bool = False) -> Iterator[None]:
-  """Turns a UserError or OSError raised inside into one `error:` line on stderr and exit status 2.
+  """Turns a UserError or OSError (or a library error carrying an OS error) raised inside into one `error:` line on stderr and exit status 2.
 
   last_words: the process is about to end, so nothing printed after that line (library threads and coroutines
   abandoned by the failure report again while the interpreter shuts down) reaches the console.
   """
   try:
     yield
-  except (UserError, OSError) as error:
+  except Exception as error:
+    # A library's own error for a failed write (TensorBoard's writer, TensorStore) counts as an OSError.
+    library_os_error = not isinstance(error, (UserError, OSError)) and os_reason(error) is not None
+    if not isinstance(error, (UserError, OSError)) and not library_os_error:
+      raise
     if show_traceback:
       traceback.print_exc()
-    print(f'error: {one_line(error)}', file=sys.stderr, flush=True)
+    text = one_line(error)
+    if library_os_error:
+      reason = os_reason(error)
+      cause, _, hint = reason.partition(' (')
+      if cause not in text:
+        text += f' ({reason})'
+      elif hint:
+        text += f' ({hint}'  # hint keeps its closing parenthesis
+    print(f'error: {text}', file=sys.stderr, flush=True)
     if last_words and not show_traceback:
       os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     raise SystemExit(EXIT_STATUS) from None

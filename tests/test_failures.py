@@ -252,6 +252,19 @@ def test_unwritable_outputs_and_stale_staging(tmp_path, capsys):
                       r"folder is needed, or an earlier output\)\n", capsys.readouterr().err)
 
 
+def test_a_library_error_for_a_full_disk_is_one_line_and_other_errors_keep_their_traceback(capsys):
+  class WriterError(Exception):  # as TensorBoard's summary writer reports a failed write
+    pass
+
+  with pytest.raises(SystemExit) as exit_info, errors.reported():
+    raise WriterError('Failed to flush 3 events to /w/events.out.tfevents.1: No space left on device')
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == ('error: Failed to flush 3 events to /w/events.out.tfevents.1: No space left on '
+                                     'device (free some space or write elsewhere)\n')
+  with pytest.raises(WriterError), errors.reported():
+    raise WriterError('a bug')
+
+
 @pytest.mark.parametrize('make,message', [
     (lambda path: path.mkdir(), r'is a folder; give the .pth file itself'),
     (lambda path: path.write_text('hello\n'), r'is not a PyTorch state dict saved with torch.save \(KeyError\)'),
