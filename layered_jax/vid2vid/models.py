@@ -151,11 +151,13 @@ class _Composite(_GeneratorFields):
   def compose(raw: Array, flow: Optional[Array], weight: Optional[Array], prev: Array, use_raw_only: bool,
               fg: Optional[Array], fg_mask: Optional[Array]) -> Tuple[Array, Array]:
     """final = raw * w + warp(latest previous frame, flow) * (1 - w); the foreground pasted into both."""
-    if use_raw_only or flow is None:
+    if use_raw_only is True or flow is None:
       final = raw
-    else:
+    else:  # use_raw_only may be a traced flag: one program for a clip's first chunk and the later ones
       warped = flow_warp(at_least_f32(prev[..., -raw.shape[-1]:]), flow)
       final = raw * weight + warped * (1 - weight)
+      if use_raw_only is not False:
+        final = jnp.where(use_raw_only, raw.astype(final.dtype), final)
     if fg is not None:
       if fg_mask is None:
         raise ValueError('a generator with the foreground branch (fg=True) needs fg_mask [B, H, W, 1]')
