@@ -188,8 +188,9 @@ class CompositeGenerator(_Composite):
     check_size(labels, 2 ** self.n_downsample)
     stack = self.stack
     n, n_res = self.n_downsample, self.n_blocks - self.n_blocks // 2
-    down = (stack(_encoder(self.ngf, n, n_res), 'model_down_seg')(labels)
-            + stack(_encoder(self.ngf, n, n_res), 'model_down_img')(prev))
+    down = stack(_encoder(self.ngf, n, n_res), 'model_down_seg')(labels)
+    if prev.shape[-1]:  # n_frames_G = 1 (a single-frame generator): no previous frames
+      down = down + stack(_encoder(self.ngf, n, n_res), 'model_down_img')(prev)
     res = ('res',) * (self.n_blocks // 2)
     img_feat = stack(_decoder(self.ngf, n), 'model_up_img')(stack(res, 'model_res_img')(down))
     flow_feat = None
@@ -224,8 +225,9 @@ class CompositeLocalGenerator(_Composite):
                fg_mask: Optional[Array] = None, use_raw_only: bool = False):
     check_size(labels, 2)
     stack = self.stack
-    down = (stack(_encoder(self.ngf, 1, 0), 'model_down_seg')(labels)
-            + stack(_encoder(self.ngf, 1, 0), 'model_down_img')(prev))
+    down = stack(_encoder(self.ngf, 1, 0), 'model_down_seg')(labels)
+    if prev.shape[-1]:
+      down = down + stack(_encoder(self.ngf, 1, 0), 'model_down_img')(prev)
     up = _decoder(self.ngf, 1, self.n_blocks_local)
     img_feat = stack(up, 'model_up_img')(down + coarse['img_feat'].astype(down.dtype))
     flow_feat = None

@@ -186,22 +186,23 @@ def generate_chunk(generator: Generator, g_params: Any, labels: Array, prevs: Se
   first (Generator.pyramid of the real frames, or zeros). Returns the finest scale's
   {'final', 'raw', 'flow', 'weight'} stacked [B, T, ...] (flow and weight absent with
   no_flow) and the new prevs. use_raw_only: every frame is the raw output (the
-  reference's first chunk with no_first_img).
+  reference's first chunk with no_first_img); a traced flag, or one per frame [T].
   """
   t_g = prevs[0].shape[1] + 1
   n_frames = labels.shape[1] - (t_g - 1)
   if n_frames < 1:
     raise ValueError(f'labels hold {labels.shape[1]} frames: need the {t_g - 1} before the chunk and at least one')
   label_pyramid = generator.pyramid(labels)
-  if not isinstance(use_raw_only, bool):
-    use_raw_only = jnp.asarray(use_raw_only, bool)
+  if not isinstance(use_raw_only, bool):  # a traced flag, or one per frame [T]
+    use_raw_only = jnp.broadcast_to(jnp.asarray(use_raw_only, bool), (n_frames,))
 
   def frame(prevs, t):
     windows = [lax.dynamic_slice_in_dim(level, t, t_g, axis=1) for level in label_pyramid]
     masks = [fg_mask(w[:, -1], fg_labels) for w in windows] if generator.fg else None
     outs = generator.apply({'params': g_params}, [stack_frames(w) for w in windows],
-                           [stack_frames(p) for p in prevs], masks, use_raw_only)
-    prevs = [jnp.concatenate([p[:, 1:], sg(o['final'])[:, None].astype(p.dtype)], axis=1)
+                           [stack_frames(p) for p in prevs], masks,
+                           use_raw_only if isinstance(use_raw_only, bool) else use_raw_only[t])
+    prevs = [jnp.concatenate([p[:, 1:], sg(o['final'])[:, None].astype(p.dtype)], axis=1) if t_g > 1 else p
              for p, o in zip(prevs, outs)]
     return prevs, {k: v for k, v in outs[-1].items() if k in ('final', 'raw', 'flow', 'weight') and v is not None}
 
