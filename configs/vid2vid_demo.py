@@ -12,7 +12,7 @@ from configs import vid2vid_default
 def get_config():
   config = vid2vid_default.get_config()
   config.synthetic = {'mode': 'pose', 'size': (64, 64), 'frames': 24, 'clips': 2, 'test_clips': 1,
-                      'plain_background': True}
+                      'plain_background': True, 'seed': 0}
   config.compare_baseline = True
   config.score_from_frame = 0
   # A small network without VGG19 (no download): multiscale L1 instead of the perceptual loss.

@@ -47,12 +47,7 @@ STEP_KEYS = ('inputs', 'frames', 'flow', 'conf')  # and flow_d<s>
 def check_config(config: Config) -> None:
   """Fails before any compute on settings that cannot work, naming the field and what to change."""
   loop.check_fields(config, FIELD_RULES)
-  if config.mode not in MODES:
-    raise errors.ConfigError(f'config.mode={config.mode!r}: use one of {", ".join(map(repr, MODES))}')
-  if config.dtype not in ('float32', 'bfloat16'):
-    raise errors.ConfigError(f"config.dtype={config.dtype!r}: use 'float32' or 'bfloat16'")
-  if config.norm not in ('batch', 'instance'):
-    raise errors.ConfigError(f"config.norm={config.norm!r}: use 'batch' or 'instance'")
+  loop.check_choices(config, {'mode': MODES, 'dtype': ('float32', 'bfloat16'), 'norm': ('batch', 'instance')})
   if not config.dataroot and not config.synthetic:
     raise errors.ConfigError('config.dataroot is empty: pass --config.dataroot=DIR, a dataset built by '
                              'data_prep.vid2vid_build (its NAME/1.0.0 folder); configs/vid2vid_demo.py builds one')
@@ -62,12 +57,7 @@ def check_config(config: Config) -> None:
     raise errors.ConfigError(f'config.random_drop_prob={config.random_drop_prob} must be in [0, 1]')
   if config.fineSize % 32:
     raise errors.ConfigError(f'config.fineSize={config.fineSize} must be a multiple of 32 (0: the stored height)')
-  if config.n_scales_temporal and config.max_frames_per_gpu < 1:
-    raise errors.ConfigError('config.max_frames_per_gpu must be at least 1')
-  devices = jax.device_count()
-  if config.batch_size % devices:
-    raise errors.ConfigError(f'config.batch_size={config.batch_size} does not split over {devices} devices; '
-                             f'use a multiple of {devices}')
+  loop.check_batch_split(config, ['batch_size'])
 
 
 def dataset_dir(config: Config, workdir: str) -> str:
