@@ -190,3 +190,15 @@ def test_memory_planner_and_scaling_benchmark_take_vid2vid(capsys, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   (row,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{')]
   assert row['devices'] == 2 and row['frames_per_sec'] > 0 and row['global_batch'] == 2
+
+
+def test_user_errors_are_one_line(clips, tmp_path):
+  def run(*flags):
+    result = subprocess.run([sys.executable, '-m', 'layered_jax.main', *flags, f'--workdir={tmp_path / "w"}'],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    return result.stderr.strip().splitlines()[-1]
+  assert 'config.dataroot is empty' in run('--config=configs/vid2vid_pose.py')
+  line = run('--config=configs/vid2vid_demo.py', f'--config.dataroot={clips}', '--config.mode=generate')
+  assert line.startswith('error:') and 'has no checkpoint to generate from' in line
+  assert not os.path.exists(tmp_path / 'w' / 'generate')
