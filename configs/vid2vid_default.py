@@ -10,10 +10,22 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.system = 'vid2vid'
+  config.mode = 'train_and_generate'  # 'train' | 'generate' | 'train_and_generate'
   config.seed = 0
 
+  # Data (section 1): a dataset built by data_prep.vid2vid_build (or vid2vid_synthetic), its DIR/NAME/1.0.0.
+  config.dataroot = ''
+  config.synthetic = ml_collections.ConfigDict()  # demo only: a synthetic clip set built in WORKDIR/data first
+  config.label_nc = 0  # labels: classes (0: the dataset's); checked against the dataset
+  config.fineSize = 0  # output height (0: the stored height); width follows the frames' aspect
+  config.loadSize = 0  # largest random height before the crop (0: fineSize, no random scale)
+  config.center_crop = False
+  config.flip = False  # labels and edges; never pose
+  config.random_drop_prob = 0.05  # pose: drop each DensePose part and skeleton limb with this probability
+  config.use_instance = False  # labels: instance-edge channel
+
   # Generator (section 2).
-  config.input_nc = 3  # input channels per frame: pose 6, labels label_nc (+1 with instance edges), edges ...
+  config.input_nc = 0  # input channels per frame (0: from the dataset: pose 6, labels label_nc (+1 instance), edges 1)
   config.output_nc = 3
   config.ngf = 128
   config.n_downsample_G = 3
@@ -59,4 +71,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.n_frames_total = 30  # frames per clip, doubled every niter_step epochs
   config.niter_step = 5
   config.max_t_step = 1  # clip frames are 1..max_t_step source frames apart
+
+  # Loop, outputs.
+  config.keep_checkpoints = 3
+  config.checkpoint_every_epochs = 1
+  config.log_every_steps = 50
+  config.report_every_secs = 60.
+  config.image_every_epochs = 1
+  config.generate_dir = ''  # default WORKDIR/generate
+  config.generate_clips = -1  # held-out clips to render (-1: all)
+  config.fps = 10.
+  config.compare_baseline = False  # also train and score the single-frame baseline (vid2vid.run)
+  config.score_from_frame = 0  # first frame scored (at least the first generated one)
   return config

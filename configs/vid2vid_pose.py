@@ -12,6 +12,9 @@ def get_config():
   config.max_frames_per_gpu = 3
   config.n_frames_total = 12
   config.max_t_step = 4
+  config.loadSize = 384
+  config.fineSize = 256
+  config.center_crop = True  # the reference keeps the central half of landscape frames
   config.niter = 5
   config.niter_decay = 5
   return config

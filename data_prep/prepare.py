@@ -41,3 +41,32 @@ def prepare_dataset(config: Any, workdir: str) -> str:
   build.build(config.dataroot, data_dir, options['trimap_width'], options['use_homographies'],
               options['use_mask_images'])
   return location
+
+
+def prepare_vid2vid(config: Any, workdir: str) -> str:
+  """A vid2vid run's dataset directory: config.dataroot (built by data_prep.vid2vid_build, checked when read), or,
+  with config.synthetic set and no dataroot, a synthetic clip set built in WORKDIR/data on first use."""
+  from data_prep import vid2vid_synthetic
+  from layered_jax.vid2vid import train as vid2vid_train
+  location = vid2vid_train.dataset_dir(config, workdir)
+  if config.dataroot:
+    if not os.path.isdir(location):
+      raise errors.ConfigError(f'config.dataroot {location} does not exist; build a dataset there with '
+                               'python -m data_prep.vid2vid_build (its NAME/1.0.0 folder)')
+    return location
+  if not distributed.is_primary() or os.path.isdir(location):
+    return location
+  data_dir = os.path.dirname(os.path.dirname(location))
+  files.remove_stale_staging(os.path.dirname(location))
+  print(f'building a synthetic {config.synthetic.mode} clip set in {data_dir} (config.synthetic)', flush=True)
+  options = dict(config.synthetic)
+  options.setdefault('max_t_step', config.max_t_step)
+  options.setdefault('n_frames_D', config.n_frames_D)
+  options.setdefault('n_scales_temporal', max(config.n_scales_temporal, 1))
+  options.setdefault('n_frames_G', config.n_frames_G)
+  if 'size' in options:
+    options['size'] = tuple(options['size'])
+  try:
+    return vid2vid_synthetic.generate(data_dir, **options)
+  except (TypeError, ValueError) as error:
+    raise errors.ConfigError(f'config.synthetic: {error}') from None

@@ -74,6 +74,22 @@ def check_fields(config: Any, rules: Mapping[str, str]) -> None:
     raise errors.ConfigError('; '.join(problems) + ' (set it with --config.FIELD=VALUE)')
 
 
+def check_choices(config: Any, choices: Mapping[str, Sequence[str]]) -> None:
+  """Raises ConfigError for the first field whose value is not one of its choices."""
+  for name, allowed in choices.items():
+    if config[name] not in allowed:
+      raise errors.ConfigError(f'config.{name}={config[name]!r}: use one of {", ".join(map(repr, allowed))}')
+
+
+def check_batch_split(config: Any, names: Sequence[str]) -> None:
+  """Raises ConfigError when a global batch size field does not split over all devices."""
+  devices = jax.device_count()
+  for name in names:
+    if config[name] % devices:
+      raise errors.ConfigError(f'config.{name}={config[name]} does not split over {devices} devices; '
+                               f'use a multiple of {devices}')
+
+
 # --- Console. ---
 
 def quiet_logging(verbose: bool = False) -> None:

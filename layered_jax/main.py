@@ -1,8 +1,10 @@
-"""Train a layered neural renderer on one video and export its layers.
+"""Train a layered neural renderer on one video and export its layers, or train and run vid2vid.
 
   python -m layered_jax.main --config=configs/reflection.py --workdir=work/reflection
   python -m layered_jax.main --config=configs/demo.py --workdir=work/demo
   python -m layered_jax.main --config=configs/reflection.py --workdir=work/reflection --config.mode=export
+  python -m layered_jax.main --config=configs/vid2vid_demo.py --workdir=work/vid2vid_demo   (vid2vid: the config
+      says config.system='vid2vid'; --config.mode=generate renders the held-out clips)
 
 Every config field can be overridden, e.g. --config.batch_size=16. Runs resume
 from the workdir's latest checkpoint. The dataset is built into the workdir
@@ -21,6 +23,7 @@ from ml_collections import config_flags
 
 from data_prep import prepare
 from layered_jax import distributed, errors, evaluate, export, hugepages, loop, train
+from layered_jax.vid2vid import run as vid2vid_run, train as vid2vid_train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard metrics, the dataset and the export go here.')
@@ -58,12 +61,19 @@ def main(argv):
 
 def run(config, workdir: str) -> None:
   loop.quiet_logging(verbose=FLAGS['verbosity'].present)
-  train.check_config(config)  # before any file is written or anything compiled
+  system = config.get('system', 'layers')
+  if system not in ('layers', 'vid2vid'):
+    raise errors.ConfigError(f"config.system={system!r}: use 'layers' or 'vid2vid'")
+  check = vid2vid_train.check_config if system == 'vid2vid' else train.check_config
+  check(config)  # before any file is written or anything compiled
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     # Resumed runs and exports reuse the compiled programs of earlier runs in this workdir.
     jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(workdir), 'jax_cache'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.)
+  if system == 'vid2vid':
+    vid2vid_run.run(config, workdir)
+    return
   prepare.prepare_dataset(config, workdir)  # process 0 builds or checks the dataset
   distributed.barrier('dataset ready')
   if config.mode in ('train', 'train_and_export'):

@@ -2,6 +2,7 @@
 
   python -m layered_jax.memory --config=configs/reflection.py --memory_gb=16
   python -m layered_jax.memory --config=configs/reflection.py --layers=3 --size=448x256 --frames=120
+  python -m layered_jax.memory --config=configs/vid2vid_pose.py --size=128x256 --memory_gb=80   (a vid2vid chunk)
 
 The figures are XLA's own: the stage's train step is compiled for this
 machine's backend at the run's shapes (abstract inputs, nothing is computed)
@@ -173,6 +174,13 @@ def main(argv=None):
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), help='compute dtype (default: the config\'s)')
   args = parser.parse_args(argv)
   config = _load_config(args.config)
+  if config.get('system') == 'vid2vid':
+    if args.dtype:
+      config.dtype = args.dtype
+    if args.batch_size:
+      config.batch_size = args.batch_size
+    vid2vid_main(config, args)
+    return
   for name in ('dataroot', 'batch_size', 'batch_size_upsample', 'dtype'):
     if getattr(args, name) is not None:
       config[name] = getattr(args, name)
@@ -195,6 +203,73 @@ def main(argv=None):
     for plan in plans:
       message = too_large_message(plan, limit, train.BATCH_SIZE_OPTION[plan.stage], devices)
       print(f'warning: {message}' if message else f'{plan.stage}: fits in {limit / GIB:.2f} GiB per device')
+
+
+def vid2vid_chunk_bytes(config: Config, width: int, height: int, per_device_batch: int, input_nc: int) -> int:
+  """XLA's figure for one vid2vid chunk step per device (config.max_frames_per_gpu frames of per_device_batch clips)."""
+  from layered_jax import loop
+  from layered_jax.vid2vid import step as v2v
+  options = dataclasses.replace(v2v.Options.from_config(config), input_nc=input_nc,
+                                no_vgg=config.no_vgg or not config.vgg19)
+  models = v2v.build_models(options, loop.AXIS)
+  t, t_g = config.max_frames_per_gpu, config.n_frames_G
+  f32 = lambda *shape: jax.ShapeDtypeStruct((1, per_device_batch) + shape, jnp.float32)
+  chunk = {'inputs': f32(t_g - 1 + t, height, width, input_nc), 'frames': f32(t_g - 1 + t, height, width, 3),
+           'flow': f32(t, height, width, 2), 'conf': f32(t, height, width, 1)}
+  chunk.update({f'flow_d{s}': f32(t, height, width, 2) for s in range(1, config.n_scales_temporal)})
+  unbatched = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), chunk)
+  carry = jax.eval_shape(lambda b: v2v.initial_carry(b, options, models.generator), unbatched)
+  state = jax.eval_shape(lambda: v2v.create_state(jax.random.PRNGKey(0), models, options,
+                                                  params=_abstract_params(models, options)))
+  device = lambda tree: jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct((1,) + x.shape, x.dtype), tree)
+  vgg = None
+  if not options.no_vgg:
+    vgg = device(jax.eval_shape(models.vgg.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  p_step = jax.pmap(v2v.make_train_step(models, options, loop.AXIS), axis_name=loop.AXIS,
+                    in_axes=(0, 0, 0, None, None, None, None), donate_argnums=(0, 2), devices=jax.local_devices()[:1])
+  scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)
+  compiled = p_step.lower(device(state), chunk, device(carry), vgg, scalar(bool), scalar(jnp.float32),
+                          scalar(bool)).compile()
+  return compiled_bytes(compiled)
+
+
+def _abstract_params(models, options):
+  """The networks' parameters as zeros of the right shapes (create_state initialises them otherwise)."""
+  o = options
+  size = 2 ** (o.n_downsample_G + o.n_scales_spatial - 1)
+  image_in = jnp.zeros((1, size, size, o.input_nc + o.output_nc))
+  temporal_in = jnp.zeros((1, size, size, o.output_nc * o.n_frames_D + 2 * (o.n_frames_D - 1)))
+  key = jax.random.PRNGKey(0)
+  return {'G': models.generator.init(key, *models.generator.example_inputs())['params'],
+          'D': models.discriminator.init(key, image_in)['params'],
+          'D_T': tuple(d.init(key, temporal_in)['params'] for d in models.temporal)}
+
+
+def vid2vid_main(config: Config, args) -> None:
+  """Memory per device of a vid2vid config's chunk step, and the largest per-device batch that fits."""
+  if args.size:
+    width, height = args.size
+  else:
+    height = config.fineSize or 256
+    width = height
+  input_nc = config.input_nc or 6
+  devices = args.devices or jax.device_count()
+  limit = int(args.memory_gb * GIB) if args.memory_gb else device_memory()
+  if config.batch_size % devices:
+    raise SystemExit(f'error: a global batch of {config.batch_size} does not split over {devices} devices')
+  batch = config.batch_size // devices
+  print(f'vid2vid chunk of {config.max_frames_per_gpu} frames x {batch} clips per device, {width}x{height}, '
+        f'input_nc {input_nc}, ngf {config.ngf}, {config.dtype}, {jax.default_backend()} buffer assignment; '
+        'compiling...', flush=True)
+  one = vid2vid_chunk_bytes(config, width, height, 1, input_nc)
+  two = vid2vid_chunk_bytes(config, width, height, 2, input_nc)
+  per_clip = max(two - one, 1)
+  need = one + per_clip * (batch - 1)
+  print(f'{need / GIB:.2f} GiB per device ({one / GIB:.2f} GiB with 1 clip, +{per_clip / GIB:.2f} GiB per clip)')
+  if limit:
+    largest = int((USABLE * limit - one) // per_clip) + 1
+    verdict = 'fits' if need <= USABLE * limit else f'does not fit: use --config.batch_size={max(largest, 0) * devices}'
+    print(f'{verdict} in {limit / GIB:.2f} GiB per device (at most {max(largest, 0)} clips per device)')
 
 
 def _load_config(path: str) -> Config:

@@ -196,20 +196,13 @@ class Progress:
 def check_config(config: Config) -> None:
   """Fails before any compute on settings that cannot work, naming the field and what to change."""
   loop.check_fields(config, FIELD_RULES)
-  if config.mode not in MODES:
-    raise errors.ConfigError(f'config.mode={config.mode!r}: use one of {", ".join(map(repr, MODES))}')
-  if config.dtype not in ('float32', 'bfloat16'):
-    raise errors.ConfigError(f"config.dtype={config.dtype!r}: use 'float32' or 'bfloat16'")
+  loop.check_choices(config, {'mode': MODES, 'dtype': ('float32', 'bfloat16')})
   if not config.dataroot:
     raise errors.ConfigError('config.dataroot is empty: pass --config.dataroot=/path/to/video_folder')
   if not os.path.isdir(config.dataroot) and not config.get('synthetic'):
     raise errors.ConfigError(f'config.dataroot {config.dataroot} does not exist; point it at a video folder '
                              '(see data_prep) or use configs/demo.py for a synthetic one')
-  devices = jax.device_count()
-  for name in BATCH_SIZE_OPTION.values():
-    if config[name] % devices:
-      raise errors.ConfigError(f'config.{name}={config[name]} does not split over {devices} devices; '
-                               f'use a multiple of {devices}')
+  loop.check_batch_split(config, list(BATCH_SIZE_OPTION.values()))
 
 
 def run_identity(config: Config, meta: Mapping) -> Dict[str, Any]:

@@ -201,7 +201,7 @@ def test_wrong_configs_fail_before_any_compute(tmp_path, video, data_dir):
     train.check_config(config)
   config = tiny_config(video, data_dir)
   config.dtype = 'float16'
-  with pytest.raises(errors.ConfigError, match="use 'float32' or 'bfloat16'"):
+  with pytest.raises(errors.ConfigError, match="use one of 'float32', 'bfloat16'"):
     train.check_config(config)
   # A workdir trained on one video refuses another video's dataset (here in another data_dir), and another model.
   config = tiny_config(video, data_dir)

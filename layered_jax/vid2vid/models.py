@@ -151,11 +151,13 @@ class _Composite(_GeneratorFields):
   def compose(raw: Array, flow: Optional[Array], weight: Optional[Array], prev: Array, use_raw_only: bool,
               fg: Optional[Array], fg_mask: Optional[Array]) -> Tuple[Array, Array]:
     """final = raw * w + warp(latest previous frame, flow) * (1 - w); the foreground pasted into both."""
-    if use_raw_only or flow is None:
+    if use_raw_only is True or flow is None:
       final = raw
-    else:
+    else:  # use_raw_only may be a traced flag: one program for a clip's first chunk and the later ones
       warped = flow_warp(at_least_f32(prev[..., -raw.shape[-1]:]), flow)
       final = raw * weight + warped * (1 - weight)
+      if use_raw_only is not False:
+        final = jnp.where(use_raw_only, raw.astype(final.dtype), final)
     if fg is not None:
       if fg_mask is None:
         raise ValueError('a generator with the foreground branch (fg=True) needs fg_mask [B, H, W, 1]')
@@ -186,8 +188,9 @@ class CompositeGenerator(_Composite):
     check_size(labels, 2 ** self.n_downsample)
     stack = self.stack
     n, n_res = self.n_downsample, self.n_blocks - self.n_blocks // 2
-    down = (stack(_encoder(self.ngf, n, n_res), 'model_down_seg')(labels)
-            + stack(_encoder(self.ngf, n, n_res), 'model_down_img')(prev))
+    down = stack(_encoder(self.ngf, n, n_res), 'model_down_seg')(labels)
+    if prev.shape[-1]:  # n_frames_G = 1 (a single-frame generator): no previous frames
+      down = down + stack(_encoder(self.ngf, n, n_res), 'model_down_img')(prev)
     res = ('res',) * (self.n_blocks // 2)
     img_feat = stack(_decoder(self.ngf, n), 'model_up_img')(stack(res, 'model_res_img')(down))
     flow_feat = None
@@ -222,8 +225,9 @@ class CompositeLocalGenerator(_Composite):
                fg_mask: Optional[Array] = None, use_raw_only: bool = False):
     check_size(labels, 2)
     stack = self.stack
-    down = (stack(_encoder(self.ngf, 1, 0), 'model_down_seg')(labels)
-            + stack(_encoder(self.ngf, 1, 0), 'model_down_img')(prev))
+    down = stack(_encoder(self.ngf, 1, 0), 'model_down_seg')(labels)
+    if prev.shape[-1]:
+      down = down + stack(_encoder(self.ngf, 1, 0), 'model_down_img')(prev)
     up = _decoder(self.ngf, 1, self.n_blocks_local)
     img_feat = stack(up, 'model_up_img')(down + coarse['img_feat'].astype(down.dtype))
     flow_feat = None

@@ -19,8 +19,11 @@ A chunk of T generated frames (per device; the names of layered_jax.vid2vid.inpu
                                                 before, for temporal D s (else chained from the consecutive flows)
 The carry between chunks holds the generator's previous outputs per scale, the
 last generated frame and the temporal discriminators' history of real and
-generated frames and flows (its length grows to Options.history frames over the
-first chunks, so the first few chunks compile their own programs).
+generated frames and flows: always Options.history frames (zeros at a clip's
+start) and `count`, how many of them are real history. A temporal group that
+reaches into the zeros is masked out, so every chunk of every clip, whatever
+n_frames_total, runs the same compiled program; so does a clip's first chunk,
+whose `raw_only` flag (no_first_img) may be a traced boolean.
 """
 
 import dataclasses
@@ -183,20 +186,23 @@ def generate_chunk(generator: Generator, g_params: Any, labels: Array, prevs: Se
   first (Generator.pyramid of the real frames, or zeros). Returns the finest scale's
   {'final', 'raw', 'flow', 'weight'} stacked [B, T, ...] (flow and weight absent with
   no_flow) and the new prevs. use_raw_only: every frame is the raw output (the
-  reference's first chunk with no_first_img).
+  reference's first chunk with no_first_img); a traced flag, or one per frame [T].
   """
   t_g = prevs[0].shape[1] + 1
   n_frames = labels.shape[1] - (t_g - 1)
   if n_frames < 1:
     raise ValueError(f'labels hold {labels.shape[1]} frames: need the {t_g - 1} before the chunk and at least one')
   label_pyramid = generator.pyramid(labels)
+  if not isinstance(use_raw_only, bool):  # a traced flag, or one per frame [T]
+    use_raw_only = jnp.broadcast_to(jnp.asarray(use_raw_only, bool), (n_frames,))
 
   def frame(prevs, t):
     windows = [lax.dynamic_slice_in_dim(level, t, t_g, axis=1) for level in label_pyramid]
     masks = [fg_mask(w[:, -1], fg_labels) for w in windows] if generator.fg else None
     outs = generator.apply({'params': g_params}, [stack_frames(w) for w in windows],
-                           [stack_frames(p) for p in prevs], masks, use_raw_only)
-    prevs = [jnp.concatenate([p[:, 1:], sg(o['final'])[:, None].astype(p.dtype)], axis=1)
+                           [stack_frames(p) for p in prevs], masks,
+                           use_raw_only if isinstance(use_raw_only, bool) else use_raw_only[t])
+    prevs = [jnp.concatenate([p[:, 1:], sg(o['final'])[:, None].astype(p.dtype)], axis=1) if t_g > 1 else p
              for p, o in zip(prevs, outs)]
     return prevs, {k: v for k, v in outs[-1].items() if k in ('final', 'raw', 'flow', 'weight') and v is not None}
 
@@ -205,16 +211,27 @@ def generate_chunk(generator: Generator, g_params: Any, labels: Array, prevs: Se
 
 
 def initial_carry(batch: Dict[str, Array], options: Options, generator: Generator) -> Carry:
-  """The carry for a clip's first chunk: real previous frames (zeros with no_first_img) and no history."""
+  """The carry for a clip's first chunk: real previous frames (zeros with no_first_img) and an empty history
+  (Options.history frames of zeros, count 0)."""
   t_g = options.n_frames_G
   frames = batch['frames']
   first = frames[:, :t_g - 1]
   if options.no_first_img:
     first = jnp.zeros_like(first)
-  empty = lambda c: jnp.zeros(frames.shape[:1] + (0,) + frames.shape[2:4] + (c,), frames.dtype)
+  empty = lambda c: jnp.zeros(frames.shape[:1] + (options.history,) + frames.shape[2:4] + (c,), frames.dtype)
   history = {'real': empty(3), 'fake': empty(3), 'flow': empty(2)}
   history.update({key: empty(2) for key in batch if key.startswith('flow_d')})
-  return {'prev': generator.pyramid(first), 'last': frames[:, t_g - 2], 'history': history}
+  return {'prev': generator.pyramid(first), 'last': frames[:, t_g - 2], 'history': history,
+          'count': jnp.zeros((), jnp.int32)}
+
+
+def group_validity(options: Options, n_new: int, count: Array, scale: int) -> Tuple[List[Tuple[int, ...]], Array]:
+  """The groups of temporal D `scale` over history + n_new frames, and which of them hold only real history:
+  a group is valid when it starts at or after the first of the `count` real history frames."""
+  keep = options.history
+  groups = temporal_groups(keep + n_new, n_new, options.n_frames_D, scale)
+  starts = jnp.array([g[0] for g in groups], jnp.int32)
+  return groups, starts >= keep - count
 
 
 def temporal_groups(length: int, n_new: int, t_d: int, scale: int) -> List[Tuple[int, ...]]:
@@ -325,12 +342,14 @@ def chunk_losses(params: Dict[str, Any], batch: Dict[str, Array], carry: Carry, 
   fake_seq = jnp.concatenate([history['fake'], final], axis=1)
   loss_d_t = []
   for s, disc in enumerate(models.temporal):
-    groups = temporal_groups(seq['real'].shape[1], final.shape[1], o.n_frames_D, s)
-    if not groups:
-      break  # the longer scales have no group yet either
-    d_real, d_fake, g_gan, g_feat = _gan_terms(
-        disc, params['D_T'][s], temporal_inputs(seq['real'], seq, groups, s),
-        [temporal_inputs(fake_seq, seq, groups, s)], o, 1)
+    # Each group on its own (its own BatchNorm statistics; the reference folds a chunk's groups into one batch,
+    # the same with one group per chunk, as max_frames_per_gpu = n_frames_D gives): the terms average over the
+    # valid groups, and are 0 when none is (that D is then not updated).
+    groups, valid = group_validity(o, final.shape[1], carry['count'], s)
+    weights = valid.astype(jnp.float32) / jnp.maximum(valid.sum(), 1)
+    group_terms = [_gan_terms(disc, params['D_T'][s], temporal_inputs(seq['real'], seq, [g], s),
+                              [temporal_inputs(fake_seq, seq, [g], s)], o, 1) for g in groups]
+    d_real, d_fake, g_gan, g_feat = (sum(w * t[i] for w, t in zip(weights, group_terms)) for i in range(4))
     terms.update({f'D_T_real{s}': d_real, f'D_T_fake{s}': d_fake, f'G_T_GAN{s}': g_gan, f'G_T_GAN_Feat{s}': g_feat})
     loss_d_t.append(0.5 * (d_real + d_fake))
 
@@ -340,34 +359,49 @@ def chunk_losses(params: Dict[str, Any], batch: Dict[str, Array], carry: Carry, 
     terms[f'loss_D_T{s}'] = loss
   total = terms['loss_G'] + terms['loss_D'] + sum(loss_d_t)
   terms = {k: jnp.asarray(v) for k, v in terms.items()}
-  keep = o.history
+  keep, n_new = o.history, final.shape[1]
   new_carry = {'prev': prevs, 'last': sg(final[:, -1]),
-               'history': {k: v[:, max(v.shape[1] - keep, 0):] for k, v in seq.items()}}
+               'history': {k: sg(v[:, v.shape[1] - keep:]) for k, v in seq.items()},
+               'count': jnp.minimum(carry['count'] + n_new, keep).astype(jnp.int32)}
   return total, (terms, new_carry)
 
 
 def make_train_step(models: Models, options: Options, axis_name: Optional[str] = None) -> Callable:
-  """step(state, batch, carry, vgg_variables, raw_only=False) -> (state, carry, terms): one update of G, D, D_Ts.
+  """step(state, batch, carry, vgg_variables, raw_only=False, lr_scale=1., fix_global=False) -> (state, carry, terms):
+  one update of G, D and the temporal Ds from one forward pass.
 
   Gradients (and the loss terms) are averaged over `axis_name` under pmap. A temporal
-  D with no group in this chunk (too little history yet) is not updated, as in the reference.
+  D with no valid group in this chunk (too little history yet) is not updated, as in
+  the reference. raw_only, lr_scale and fix_global may be traced: lr_scale multiplies
+  every Adam update (the epoch's learning rate / options.lr: Adam's step is linear in
+  its learning rate); fix_global freezes every generator scale but the finest (the
+  reference's niter_fix_global epochs; here by zero updates, with the same Adam state).
   """
+  finest = f'netG{options.n_scales_spatial - 1}'
 
   def step(state: State, batch: Dict[str, Array], carry: Carry, vgg_variables: Optional[Any] = None,
-           raw_only: bool = False):
+           raw_only: Union[bool, Array] = False, lr_scale: Union[float, Array] = 1.,
+           fix_global: Union[bool, Array] = False):
     grad_fn = jax.grad(chunk_losses, has_aux=True)
+    active = [group_validity(options, batch['flow'].shape[1], carry['count'], s)[1].any()
+              for s in range(len(models.temporal))]
     grads, (terms, carry) = grad_fn(state.params, batch, carry, vgg_variables, models, options, raw_only)
     if axis_name is not None:
       grads, terms = lax.pmean((grads, terms), axis_name)
+    if options.n_scales_spatial > 1 and fix_global is not False:
+      grads['G'] = {k: (v if k == finest else jax.tree_util.tree_map(lambda g: jnp.where(fix_global, 0., g), v))
+                    for k, v in grads['G'].items()}
+    scaled = lambda updates: jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
     params, opt_state = dict(state.params), dict(state.opt_state)
     for name in ('G', 'D'):
       updates, opt_state[name] = state.tx[name].update(grads[name], state.opt_state[name], params[name])
-      params[name] = optax.apply_updates(params[name], updates)
-    active = sum(1 for k in terms if k.startswith('loss_D_T'))
+      params[name] = optax.apply_updates(params[name], scaled(updates))
     d_t, d_t_opt = list(params['D_T']), list(opt_state['D_T'])
-    for s in range(active):
-      updates, d_t_opt[s] = state.tx['D_T'].update(grads['D_T'][s], d_t_opt[s], d_t[s])
-      d_t[s] = optax.apply_updates(d_t[s], updates)
+    for s, on in enumerate(active):
+      updates, new_opt = state.tx['D_T'].update(grads['D_T'][s], d_t_opt[s], d_t[s])
+      new_params = optax.apply_updates(d_t[s], scaled(updates))
+      keep_old = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(on, a, b), new, old)
+      d_t[s], d_t_opt[s] = keep_old(new_params, d_t[s]), keep_old(new_opt, d_t_opt[s])
     params['D_T'], opt_state['D_T'] = tuple(d_t), tuple(d_t_opt)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), carry, terms
 
