@@ -64,9 +64,10 @@ def run(config, workdir: str) -> None:
   system = config.get('system', 'layers')
   if system not in ('layers', 'vid2vid'):
     raise errors.ConfigError(f"config.system={system!r}: use 'layers' or 'vid2vid'")
+  # First, as JAX requires: the config checks count the devices of every process.
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   check = vid2vid_train.check_config if system == 'vid2vid' else train.check_config
   check(config)  # before any file is written or anything compiled
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     # Resumed runs and exports reuse the compiled programs of earlier runs in this workdir.
     jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(workdir), 'jax_cache'))

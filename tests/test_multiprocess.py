@@ -60,3 +60,20 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path, video):
   # One checkpoint series and one metrics stream, written once for the whole run.
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1', '2']
   assert len(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))) == 1
+
+
+def test_the_launch_script_trains_and_generates_vid2vid(tmp_path):
+  """launch/local_multiprocess.sh -> layered_jax.main (both systems share its start: JAX's backend untouched until
+  distributed.initialize); every process restores for generation, process 0 writes."""
+  workdir = tmp_path / 'work'
+  flags = ['--config.ngf=4', '--config.ndf=4', '--config.n_blocks=1', '--config.niter=1', '--config.niter_decay=0',
+           '--config.batch_size=4', '--config.synthetic.frames=8', '--config.compare_baseline=False']
+  path = os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']  # the script runs `python`
+  result = subprocess.run(['bash', 'launch/local_multiprocess.sh', '2', 'configs/vid2vid_demo.py', str(workdir), *flags],
+                          cwd=REPO, env=_env(2, PORT=_free_port(), PATH=path), capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.listdir(workdir / 'checkpoints') == ['1']
+  assert sorted(os.listdir(workdir / 'generate' / 'clip00')) == ['frames', 'generated.mp4', 'index.html', 'labels.mp4',
+                                                                 'real.mp4']
+  assert result.stdout.count('generated 1 test clips') == 1  # from process 0 only

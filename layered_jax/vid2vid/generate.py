@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layered_jax import errors, files, viewer
+from layered_jax import distributed, errors, files, viewer
 from layered_jax.vid2vid import input_pipeline, step
 from layered_jax.vid2vid.warp import flow_warp
 
@@ -144,15 +144,18 @@ def load_generator(config: Config, workdir: str, options: step.Options):
                             'set --config.init_checkpoint to a converted generator (layered_jax.convert)')
 
 
-def generate(config: Config, workdir: str) -> Dict[str, Any]:
-  """Renders the held-out clips (the train split's when there are none), writes the outputs; returns the scores."""
+def generate(config: Config, workdir: str) -> Optional[Dict[str, Any]]:
+  """Renders the held-out clips (the train split's when there are none), writes the outputs; returns the scores
+  (None on processes other than 0)."""
   from layered_jax.vid2vid import train
   path = train.dataset_dir(config, workdir)
   metadata = train.open_split(config, workdir, 'train').metadata
   split = 'test' if 'test' in metadata['clips'] else 'train'
   clips = train.open_split(config, workdir, split)
   options = train.options_for(config, metadata)
-  generator, params = load_generator(config, workdir, options)
+  generator, params = load_generator(config, workdir, options)  # every process: restoring is collective
+  if not distributed.is_primary():
+    return None  # process 0 renders and writes
   count = len(clips.clip_lengths) if config.generate_clips < 0 else min(config.generate_clips, len(clips.clip_lengths))
   out_dir = os.path.abspath(config.generate_dir or os.path.join(workdir, 'generate'))
   first = max(config.get('score_from_frame', 0), 0 if options.no_first_img else options.n_frames_G - 1)

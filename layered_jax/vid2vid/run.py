@@ -57,9 +57,8 @@ def _train_and_generate(config: Config, workdir: str):
     train.train_and_evaluate(config, workdir)
   if config.mode not in ('generate', 'train_and_generate'):
     return None
-  results = None
-  if distributed.is_primary():  # process 0 renders and writes the held-out clips
-    results = generate.generate(config, workdir)
+  results = generate.generate(config, workdir)  # process 0 renders and writes the held-out clips
+  if results is not None:
     print(f'generated {len(results["clips"])} {results["split"]} clips in {results["out_dir"]} (open '
           f'{results["out_dir"]}/<clip>/index.html): {generate.report(results)}', flush=True)
   distributed.barrier('generation done')
