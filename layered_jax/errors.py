@@ -2,9 +2,9 @@
 
 Raise a `UserError` subclass for anything the user has to change; its message names the config field, file,
 frame or workdir and says what to do. Commands run their work inside `reported()`, which prints such an error,
-and any OSError (a full disk, a read-only folder, a missing file) or library error that carries one, as one line and exits with status 2; with
-`show_traceback` (main's --traceback) the traceback comes first. Other exceptions are bugs and keep their
-traceback.
+and any OSError (a full disk, a read-only folder, a missing file) or library error that carries one, as one line
+and exits with status 2; with `show_traceback` (main's --traceback) the traceback comes first. Other
+exceptions are bugs and keep their traceback.
 
   ConfigError    a config field or command-line value that cannot work
   DataError      an input file (video folder, dataset, checkpoint to convert) that cannot be used
@@ -88,7 +88,8 @@ def warn(message: str) -> None:
 
 @contextlib.contextmanager
 def reported(show_traceback: bool = False, last_words: bool = False) -> Iterator[None]:
-  """Turns a UserError or OSError (or a library error carrying an OS error) raised inside into one `error:` line on stderr and exit status 2.
+  """Turns a UserError or OSError (or a library error carrying an OS error) raised inside into one `error:` line
+  on stderr and exit status 2.
 
   last_words: the process is about to end, so nothing printed after that line (library threads and coroutines
   abandoned by the failure report again while the interpreter shuts down) reaches the console.
@@ -97,14 +98,13 @@ def reported(show_traceback: bool = False, last_words: bool = False) -> Iterator
     yield
   except Exception as error:
     # A library's own error for a failed write (TensorBoard's writer, TensorStore) counts as an OSError.
-    library_os_error = not isinstance(error, (UserError, OSError)) and os_reason(error) is not None
-    if not isinstance(error, (UserError, OSError)) and not library_os_error:
-      raise
+    reason = None if isinstance(error, (UserError, OSError)) else os_reason(error)
+    if reason is None and not isinstance(error, (UserError, OSError)):
+      raise  # a bug: its traceback stays
     if show_traceback:
       traceback.print_exc()
     text = one_line(error)
-    if library_os_error:
-      reason = os_reason(error)
+    if reason:
       cause, _, hint = reason.partition(' (')
       if cause not in text:
         text += f' ({reason})'
