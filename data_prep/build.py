@@ -82,10 +82,24 @@ def source_identity(video_dir: str, band_width: int = 20, use_homographies: bool
   return identity(video_folder.read_video_folder(video_dir, use_homographies), band_width, use_mask_images)
 
 
+def prepare_quietly(builder, data_dir: str) -> None:
+  """Runs a TFDS builder without TFDS's progress bars and banner (the examples' generators print their own
+  progress); a full disk or a read-only folder becomes one OutputError line naming data_dir."""
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):  # "Downloading and preparing dataset Unknown size ..."
+      builder.download_and_prepare()
+  except Exception as error:
+    reason = errors.os_reason(error)
+    if reason is None:
+      raise
+    raise errors.OutputError(f'could not write the dataset in {data_dir}: {reason}') from error
+
+
 def build(video_dir: str, data_dir: str, band_width: int = 20, use_homographies: bool = False,
           use_mask_images: bool = False, overwrite: bool = False) -> str:
   """Builds the dataset and returns its directory (to pass to layered_jax.dataset.load)."""
-  import tensorflow_datasets as tfds
   video = video_folder.read_video_folder(video_dir, use_homographies)
   final = os.path.join(os.path.abspath(data_dir), dataset.NAME)
   with files.staged_directory(final, overwrite) as staging:
@@ -93,15 +107,7 @@ def build(video_dir: str, data_dir: str, band_width: int = 20, use_homographies:
     scratch = os.path.join(staging, 'scratch')
     builder = _builder_class()(video, identity(video, band_width, use_mask_images), sys.stdout, data_dir=scratch,
                                file_format='array_record')
-    tfds.disable_progress_bar()  # the examples' generator prints its own progress
-    try:
-      with contextlib.redirect_stdout(io.StringIO()):  # TFDS's "Downloading and preparing" lines
-        builder.download_and_prepare()
-    except Exception as error:
-      reason = errors.os_reason(error)
-      if reason is None:
-        raise
-      raise errors.OutputError(f'could not write the dataset in {data_dir}: {reason}') from error
+    prepare_quietly(builder, data_dir)
     os.rename(os.path.join(scratch, dataset.NAME, dataset.VERSION), os.path.join(staging, dataset.VERSION))
     shutil.rmtree(scratch)
   return os.path.join(final, dataset.VERSION)

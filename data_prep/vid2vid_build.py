@@ -41,6 +41,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from data_prep.build import prepare_quietly
 from data_prep import frames as frames_lib
 from data_prep import keypoints as keypoints_lib
 from data_prep import optical_flow
@@ -477,7 +478,7 @@ def build(train: Sequence[Clip], test: Sequence[Clip], data_dir: str, name: str,
   with files.staged_directory(final, overwrite) as staging:
     scratch = os.path.join(staging, 'scratch')
     builder = _builder_class()(splits, features, metadata, dis_preset, data_dir=scratch, file_format='array_record')
-    builder.download_and_prepare()
+    prepare_quietly(builder, data_dir)
     os.rename(os.path.join(scratch, builder.name, DATASET_VERSION), os.path.join(staging, DATASET_VERSION))
     shutil.rmtree(scratch)
     os.makedirs(os.path.join(staging, 'preview'))

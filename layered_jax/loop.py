@@ -166,6 +166,38 @@ class DivergenceWatch:
     self.lowest = value if self.lowest is None else min(self.lowest, value)
 
 
+class StepLog:
+  """What both trainers do after a step. On a logged step (every log_every_steps) the scalars go to the metric
+  writer with the steps/s and frames/s since the last write; when the reporter is due, a console line; either
+  time, the NaN stop and the divergence watch. The terms leave the devices only then, so steps stay asynchronous.
+  """
+
+  def __init__(self, reporter: Reporter, watch: DivergenceWatch, writer: Any, checkpoints: 'Checkpoints',
+               to_scalars: Callable[[Any], Dict[str, float]], frames_per_step: int, first_write_step: int):
+    self.reporter, self.watch, self.writer, self.checkpoints = reporter, watch, writer, checkpoints
+    self.to_scalars, self.frames_per_step = to_scalars, frames_per_step
+    self._last = (time.time(), first_write_step)  # (time, write step) of the last write; the first includes compiling
+
+  def __call__(self, step: int, logged: bool, terms: Any, where: str, extra: Mapping[str, float],
+               write_step: Callable[[], int]) -> None:
+    """After step `step` of the reporter's run, at `where` (e.g. 'epoch 3/10'); `extra` scalars join a logged
+    write at `write_step()`."""
+    due = self.reporter.due(step)
+    if not (logged or due):
+      return
+    scalars = self.to_scalars(terms)
+    stop_if_not_finite(scalars, where, self.checkpoints)
+    self.watch(scalars, where)
+    if due:
+      self.reporter.report(step, scalars, f'{where}, ')
+    if logged:
+      now, at = time.time(), write_step()
+      rate = (at - self._last[1]) / max(now - self._last[0], 1e-9)
+      self._last = (now, at)
+      scalars.update({'steps_per_sec': rate, 'frames_per_sec': rate * self.frames_per_step, **extra})
+      self.writer.write_scalars(at, scalars)
+
+
 def metric_writer(workdir: str):
   """CLU's writer: TensorBoard summaries in workdir from process 0; the others only log (at INFO)."""
   from clu import metric_writers

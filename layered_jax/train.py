@@ -11,7 +11,6 @@ only: the state and steps import without them.
 
 import dataclasses
 import os
-import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -322,16 +321,17 @@ def _train_stage(config, workdir, module, stage, first, last, state, progress, f
     p_batch = jax.pmap(lambda rng, f, idx, jitter: input_pipeline.upsampling_batch_fn(rng, f, idx, config.crop_size),
                        in_axes=(None, 0, 0, None))
   total_steps = (last - first + 1) * steps_per_epoch
-  reporter = loop.Reporter(f'{stage} stage', total_steps, config.report_every_secs)
-  watch = loop.DivergenceWatch()
+  log = loop.StepLog(loop.Reporter(f'{stage} stage', total_steps, config.report_every_secs), loop.DivergenceWatch(),
+                     writer, checkpoints, _scalars, batch_size, int(first_replica(state.step)))
   profile = periodic_actions.Profile(logdir=workdir, num_profile_steps=5) if config.profile and process_index == 0 \
       else None
-  last_log, compiled = (time.time(), 0), False
+  compiled = False
   step_in_stage = (progress.epoch + 1 - first) * steps_per_epoch if progress.epoch >= first else 0
   for epoch in range(max(first, progress.epoch + 1), last + 1):
     where = f'epoch {epoch}'
     schedule = update_schedule(progress.schedule, epoch, progress.last_mask_loss, config, first)
     weights = {k: jnp.float32(schedule[k]) for k in LOSS_WEIGHT_NAMES}
+    extra = {**{f'weights/{k}': v for k, v in schedule.items()}, 'learning_rate': config.lr, 'epoch': epoch}
     indices = input_pipeline.epoch_indices(num_frames, batch_size, config.seed, epoch)
     local = input_pipeline.host_indices(indices, process_index, process_count)
     for i, step_indices in enumerate(local):
@@ -344,7 +344,7 @@ def _train_stage(config, workdir, module, stage, first, last, state, progress, f
       else:
         batch = p_batch(step_rng, frames_on_devices, device_indices, 0.)
       if not compiled:  # compiled ahead of the first step (p_step reuses it) to check its memory
-        reporter.compiling()
+        log.reporter.compiling()
         _warn_if_too_large(config, stage, p_step.lower(state, batch, weights).compile(), frames_on_devices,
                            module.n_textures, batch_size // devices)
         compiled = True
@@ -352,22 +352,8 @@ def _train_stage(config, workdir, module, stage, first, last, state, progress, f
       step_in_stage += 1
       if profile:
         profile(step_in_stage)
-      logged = step_in_stage % config.log_every_steps == 0 or step_in_stage == total_steps
-      due = reporter.due(step_in_stage)
-      if logged or due:
-        scalars = _scalars(terms)
-        loop.stop_if_not_finite(scalars, where, checkpoints)
-        watch(scalars, where)
-        if due:
-          reporter.report(step_in_stage, scalars, f'{where}/{last}, ')
-        if logged:
-          now = time.time()
-          rate = (step_in_stage - last_log[1]) / max(now - last_log[0], 1e-9)
-          last_log = (now, step_in_stage)
-          scalars.update({f'weights/{k}': v for k, v in schedule.items()})
-          scalars.update({'learning_rate': config.lr, 'steps_per_sec': rate, 'frames_per_sec': rate * batch_size,
-                          'epoch': epoch})
-          writer.write_scalars(int(first_replica(state.step)), scalars)
+      log(step_in_stage, step_in_stage % config.log_every_steps == 0 or step_in_stage == total_steps, terms,
+          f'{where}/{last}', extra, lambda: int(first_replica(state.step)))
     last_terms = _scalars(terms)
     loop.stop_if_not_finite(last_terms, where, checkpoints)
     progress = dataclasses.replace(progress, epoch=epoch, schedule=schedule,

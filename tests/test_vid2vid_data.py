@@ -155,6 +155,9 @@ def test_synthetic_command_line_builds_labels_and_edges(tmp_path):
                              '--clips=1', '--test_clips=0', f'--data_dir={tmp_path}'], cwd=REPO, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+    # Only the builder's own lines: no TFDS progress bars or banner.
+    assert result.stdout.splitlines()[-1].startswith('built ') and len(result.stdout.splitlines()) == 1, result.stdout
+    assert 'Generating' not in result.stderr and '%|' not in result.stderr, result.stderr[-2000:]
   labels = data.open_clips(str(tmp_path / 'synthetic_labels' / '1.0.0'))
   assert labels.metadata['class_names'] == list(vid2vid_synthetic.CLASS_NAMES)
   assert labels.metadata['fg_labels'] == [4, 5, 6, 7, 8, 9] and labels.metadata['has_instance']

@@ -60,7 +60,7 @@ def runs(clips, tmp_path_factory):
   """(whole run dir, split run dir, 4-device run dir, their console outputs)."""
   base = tmp_path_factory.mktemp('runs')
   whole, split, four = (str(base / name) for name in ('whole', 'split', 'four'))
-  out = {'whole': _main(whole, clips, '--config.niter=1', '--config.niter_decay=1')}
+  out = {'whole': _main(whole, clips, '--config.niter=1', '--config.niter_decay=1', '--config.image_every_epochs=2')}
   out['split1'] = _main(split, clips, '--config.niter=1', '--config.niter_decay=0', '--config.mode=train')
   out['split2'] = _main(split, clips, '--config.niter=1', '--config.niter_decay=1', '--config.mode=train')
   out['four'] = _main(four, clips, '--config.niter=1', '--config.niter_decay=0', '--config.mode=train', devices=4)
@@ -77,6 +77,19 @@ def test_training_resumes_exactly_and_compiles_the_step_once(runs):
   progress = json.load(open(os.path.join(whole, 'checkpoints', '2', 'progress', 'metadata')))
   # epoch 1: 2 clips x 8 starts = 16 samples, 4 steps of 4 clips, 1 chunk; epoch 2: 2 x 3 = 6 -> 2 steps, 2 chunks
   assert progress == {'epoch': 2, 'chunks': 8, 'n_frames_total': 10}
+
+
+def test_metrics_and_images_reach_tensorboard(runs):
+  from tensorboard.backend.event_processing import event_accumulator
+  whole = runs[0]
+  events = event_accumulator.EventAccumulator(whole, size_guidance={'tensors': 0, 'images': 0})
+  events.Reload()
+  tags = set(events.Tags()['tensors']) | set(events.Tags()['scalars'])
+  assert {'loss/G', 'loss/D', 'loss/D_T0', 'terms/G_Warp', 'terms/F_Flow', 'learning_rate', 'epoch', 'n_frames_total',
+          'steps_per_sec', 'frames_per_sec'} <= tags, tags
+  assert {'labels', 'generated', 'real', 'flow', 'weight'} <= tags | set(events.Tags()['images'])
+  steps = [e.step for e in events.Tensors('n_frames_total')]
+  assert steps == list(range(1, 9)), steps  # every chunk step (log_every_steps=1), numbered across epochs
 
 
 def _losses(console):

@@ -17,7 +17,6 @@ exactly the epochs a run without the stop would have run.
 import dataclasses
 import functools
 import os
-import time
 from typing import Any, Dict, Mapping, Tuple
 
 import jax
@@ -254,14 +253,14 @@ def loop_epochs(config, workdir, clips, models, options, state, progress, checkp
     return len(samples) * chunks_per_clip(config, n)
 
   total = sum(chunk_steps(e) for e in range(progress.epoch + 1, last + 1))
-  reporter = loop.Reporter('vid2vid', total, config.report_every_secs)
-  watch = loop.DivergenceWatch('loss/G')
-  compiled, done, last_log, start = None, 0, (time.time(), 0), progress.chunks
-  frames_per_step = config.batch_size * t
+  compiled, done, start = None, 0, progress.chunks
+  log = loop.StepLog(loop.Reporter('vid2vid', total, config.report_every_secs), loop.DivergenceWatch('loss/G'),
+                     writer, checkpoints, _scalars, config.batch_size * t, start)
   for epoch in range(progress.epoch + 1, last + 1):
-    where = f'epoch {epoch}/{last}, '
+    where = f'epoch {epoch}/{last}'
     n = frames_in_epoch(config, epoch, shortest)
     scale = np.float32(lr_scale(config, epoch))
+    extra = {'learning_rate': config.lr * float(scale), 'epoch': epoch, 'n_frames_total': n}
     fix_global = np.bool_(epoch <= config.niter_fix_global)
     take = _chunk_slicer(t_g, t, tuple(devices))
     terms = None
@@ -274,25 +273,11 @@ def loop_epochs(config, workdir, clips, models, options, state, progress, checkp
         raw_only = np.bool_(c == 0 and options.no_first_img)
         args = (state, chunk, carry, vgg, raw_only, scale, fix_global)
         if compiled is None:
-          reporter.compiling()
+          log.reporter.compiling()
           compiled = p_step.lower(*args).compile()
         state, carry, terms = compiled(*args)
         done += 1
-        logged = (start + done) % config.log_every_steps == 0
-        due = reporter.due(done)
-        if logged or due:
-          scalars = _scalars(terms)
-          loop.stop_if_not_finite(scalars, where, checkpoints)
-          watch(scalars, where)
-          if due:
-            reporter.report(done, scalars, where)
-          if logged:
-            now = time.time()
-            rate = (done - last_log[1]) / max(now - last_log[0], 1e-9)
-            last_log = (now, done)
-            scalars.update({'learning_rate': config.lr * float(scale), 'frames_per_sec': rate * frames_per_step,
-                            'epoch': epoch, 'n_frames_total': n})
-            writer.write_scalars(start + done, scalars)
+        log(done, (start + done) % config.log_every_steps == 0, terms, where, extra, lambda: start + done)
     if terms is not None:
       loop.stop_if_not_finite(_scalars(terms), where, checkpoints)
     progress = Progress(epoch, start + done, n)
