@@ -52,7 +52,8 @@ def _render(generator, options: step.Options):
     else:
       prev = frames[:, :t_g - 1]
       raw_only = jnp.zeros((n - (t_g - 1),), bool)
-    out, _ = step.generate_chunk(generator, params_g, labels, generator.pyramid(prev), fg_labels, raw_only)
+    out, _ = step.generate_chunk(generator, params_g, labels, generator.pyramid(prev), fg_labels, raw_only,
+                                 unroll=1)
     out = {k: v[0] for k, v in out.items()}
     if not options.no_first_img and t_g > 1:
       out = {k: jnp.concatenate([(frames[0, :t_g - 1] if k == 'final' else jnp.zeros_like(v[:1]).repeat(t_g - 1, 0)),

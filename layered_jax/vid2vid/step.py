@@ -179,7 +179,8 @@ def fg_mask(labels: Array, fg_labels: Sequence[int]) -> Array:
 
 
 def generate_chunk(generator: Generator, g_params: Any, labels: Array, prevs: Sequence[Array],
-                   fg_labels: Sequence[int] = (), use_raw_only: bool = False) -> Tuple[Dict[str, Array], List[Array]]:
+                   fg_labels: Sequence[int] = (), use_raw_only: bool = False,
+                   unroll: Union[int, bool] = True) -> Tuple[Dict[str, Array], List[Array]]:
   """Generates T frames one after another with lax.scan, each from the last tG-1 outputs (no gradient through them).
 
   labels [B, tG-1+T, H, W, input_nc]; prevs[s] [B, tG-1, Hs, Ws, 3] per scale, coarsest
@@ -187,6 +188,10 @@ def generate_chunk(generator: Generator, g_params: Any, labels: Array, prevs: Se
   {'final', 'raw', 'flow', 'weight'} stacked [B, T, ...] (flow and weight absent with
   no_flow) and the new prevs. use_raw_only: every frame is the raw output (the
   reference's first chunk with no_first_img); a traced flag, or one per frame [T].
+  unroll: lax.scan's. A training chunk (a few frames) is unrolled whole: XLA:CPU runs the
+  convolutions and their gradients inside a while loop several times slower (the small
+  benchmark's step: 1.50 s as a loop, 0.55 s unrolled). A whole clip (generate.render) is
+  a loop, whose compile time does not grow with its length.
   """
   t_g = prevs[0].shape[1] + 1
   n_frames = labels.shape[1] - (t_g - 1)
@@ -206,7 +211,7 @@ def generate_chunk(generator: Generator, g_params: Any, labels: Array, prevs: Se
              for p, o in zip(prevs, outs)]
     return prevs, {k: v for k, v in outs[-1].items() if k in ('final', 'raw', 'flow', 'weight') and v is not None}
 
-  prevs, frames = lax.scan(frame, list(prevs), jnp.arange(n_frames))
+  prevs, frames = lax.scan(frame, list(prevs), jnp.arange(n_frames), unroll=unroll)
   return {k: jnp.moveaxis(v, 0, 1) for k, v in frames.items()}, prevs
 
 
