@@ -280,6 +280,30 @@ def temporal_inputs(frames: Array, flows: Dict[str, Array], groups: Sequence[Tup
   return jnp.concatenate(inputs, axis=0)
 
 
+def _split_gradients(apply: Callable[[Any, Array], Any], params: Any, x: Array) -> Tuple[Any, Any]:
+  """(apply(params, x) seen by D's loss, the same seen by G's), from one forward pass.
+
+  The first copy's gradient reaches only params, the second's only x: what apply(params, sg(x)) and
+  apply(sg(params), x) give, without running the discriminator twice.
+  """
+
+  @jax.custom_vjp
+  def views(params, x):
+    out = apply(params, x)
+    return out, out
+
+  def forward(params, x):
+    out, pullback = jax.vjp(apply, params, x)
+    return (out, out), pullback
+
+  def backward(pullback, cotangents):
+    for_d, for_g = cotangents
+    return pullback(for_d)[0], pullback(for_g)[1]
+
+  views.defvjp(forward, backward)
+  return views(params, x)
+
+
 def _gan_terms(disc, params, real_in: Array, fakes: Sequence[Array], options: Options, real_repeats: int):
   """(D_real, D_fake, G_GAN, G_GAN_Feat) of one discriminator; each fake is scored on its own batch.
 
@@ -289,8 +313,8 @@ def _gan_terms(disc, params, real_in: Array, fakes: Sequence[Array], options: Op
   d_real = real_repeats * losses.lsgan(pred_real, True)
   d_fake = g_gan = g_feat = 0.
   for fake in fakes:
-    d_fake = d_fake + losses.lsgan(disc.apply({'params': params}, sg(fake)), False)
-    pred_fake = disc.apply({'params': sg(params)}, fake)
+    for_d, pred_fake = _split_gradients(lambda p, x: disc.apply({'params': p}, x), params, fake)
+    d_fake = d_fake + losses.lsgan(for_d, False)
     g_gan = g_gan + losses.lsgan(pred_fake, True)
     if not options.no_ganFeat:
       g_feat = g_feat + losses.feature_matching(pred_fake, pred_real, options.n_layers_D, options.num_D,
