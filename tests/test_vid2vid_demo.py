@@ -1,9 +1,9 @@
-"""The vid2vid demo end to end, as a user runs it but with half its epochs (4): vid2vid and the single-frame
-baseline with the same budget, scored on the held-out clip. Slow (about 4 minutes on 2 cores).
+"""The vid2vid demo end to end, as a user runs it (its full budget, 8 epochs): vid2vid and the single-frame
+baseline with the same budget, scored on the held-out clip. Slow (about 3 minutes on 2 cores).
 
-Measured on 2026-11-22 (2-core CPU, shared), this budget, seeds 0 and 1 (the test runs seed 0):
-  warp error ratio 0.50 and 0.68; PSNR gain -1.55 and -3.50 dB; vid2vid PSNR 22.65 and 21.25 dB.
-The floors sit just under the worse seed: vid2vid's frames are steadier than the baseline's on both, not sharper.
+Measured on 2026-11-22 (2-core CPU), seeds 0 and 1 (the test runs seed 0): warp error ratio 0.55 and 0.55;
+PSNR gain -0.56 and -0.70 dB; vid2vid PSNR 25.86 and 25.64 dB. The floors sit just under the worse seed, with
+room for the last digits XLA's operation order moves between machines (0.1-0.15 dB).
 """
 
 import json
@@ -12,15 +12,15 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAX_WARP_RATIO = 0.8
-MIN_PSNR_GAIN_DB = -4.5
-MIN_PSNR_DB = 19.5
+MAX_WARP_RATIO = 0.65
+MIN_PSNR_GAIN_DB = -1.0
+MIN_PSNR_DB = 25.0
 
 
 def test_vid2vid_demo_is_steadier_than_the_single_frame_baseline(tmp_path):
   workdir = tmp_path / 'demo'
   result = subprocess.run([sys.executable, '-m', 'layered_jax.main', '--config=configs/vid2vid_demo.py',
-                           f'--workdir={workdir}', '--config.niter=3', '--config.niter_decay=1'], cwd=REPO, capture_output=True, text=True)
+                           f'--workdir={workdir}'], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   assert 'warp error' in result.stdout and 'the baseline' in result.stdout
   comparison = json.load(open(workdir / 'comparison.json'))

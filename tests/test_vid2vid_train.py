@@ -24,7 +24,7 @@ from tests import browser as browser_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.ngf=8', '--config.ndf=8', '--config.n_blocks=1', '--config.n_frames_total=5',
         '--config.niter_step=1', '--config.batch_size=4', '--config.log_every_steps=1',
-        '--config.compare_baseline=False', '--config.fps=5',
+        '--config.compare_baseline=False', '--config.fps=5', '--config.n_frames_G=3',
         '--config.report_every_secs=1e-6']
 
 
