@@ -190,8 +190,8 @@ def generate_chunk(generator: Generator, g_params: Any, labels: Array, prevs: Se
   reference's first chunk with no_first_img); a traced flag, or one per frame [T].
   unroll: lax.scan's. A training chunk (a few frames) is unrolled whole: XLA:CPU runs the
   convolutions and their gradients inside a while loop several times slower (the small
-  benchmark's step: 1.50 s as a loop, 0.55 s unrolled). A whole clip (generate.render) is
-  a loop, whose compile time does not grow with its length.
+  benchmark's step without VGG19: 1.50 s as a loop, 0.55 s unrolled). A whole clip
+  (generate.render) is a loop, whose compile time does not grow with its length.
   """
   t_g = prevs[0].shape[1] + 1
   n_frames = labels.shape[1] - (t_g - 1)
