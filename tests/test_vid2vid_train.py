@@ -192,13 +192,14 @@ def test_memory_planner_and_scaling_benchmark_take_vid2vid(capsys, tmp_path):
   from layered_jax import memory
   config = tmp_path / 'tiny.py'
   config.write_text('from configs import vid2vid_demo\n\n\ndef get_config():\n  c = vid2vid_demo.get_config()\n'
-                    '  c.update(ngf=4, ndf=4, n_blocks=1, n_layers_D=1, n_scales_temporal=1)\n  return c\n')
-  memory.main([f'--config={config}', '--size=32x32', '--memory_gb=1', '--devices=1'])
+                    '  c.update(ngf=4, ndf=4, n_blocks=1, n_layers_D=1, n_scales_temporal=1, max_frames_per_gpu=1)\n'
+                    '  return c\n')
+  memory.main([f'--config={config}', '--size=128x128', '--memory_gb=1', '--devices=1'])
   out = capsys.readouterr().out
   need = float(re.search(r'([\d.]+) GiB per device \(', out).group(1))
   assert 0 < need < 1 and 'fits in 1.00 GiB per device' in out, out
   result = subprocess.run([sys.executable, '-m', 'benchmarks.scaling', '--system=vid2vid', '--preset=tiny',
-                           '--fake_cpu_devices=2', '--devices', '2', '--steps=1', '--json'],
+                           '--fake_cpu_devices=2', '--devices', '2', '--steps=1', '--frames=1', '--json'],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   (row,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{')]
