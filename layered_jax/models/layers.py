@@ -234,6 +234,20 @@ def upsample2x_bilinear(x: Array, axes: Tuple[int, int] = (-3, -2)) -> Array:
   return x
 
 
+def max_pool2x(x: Array) -> Array:
+  """2x2 max pooling with stride 2 over [N, H, W, C] (PyTorch MaxPool2d(2), odd edges dropped).
+
+  Two pairwise maxima instead of reduce_window: XLA:CPU's gradient of reduce_window
+  (select-and-scatter) took 4x as long as this one. At an exact tie the gradient
+  is split between the tied inputs, where PyTorch gives it to the first; after a
+  ReLU the ties are zeros whose gradient the ReLU stops either way.
+  """
+  _, h, w, _ = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  x = jnp.maximum(x[:, 0::2], x[:, 1::2])
+  return jnp.maximum(x[:, :, 0::2], x[:, :, 1::2])
+
+
 def grid_sample(texture: Array, uv: Array) -> Array:
   """Bilinear sampling with zero padding and align_corners=False (PyTorch grid_sample).
 

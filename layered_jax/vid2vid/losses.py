@@ -57,7 +57,9 @@ def _avg_pool2(x: Array) -> Array:
 def vgg_loss(vgg, vgg_variables, fakes: Sequence[Array], real: Array, normalize: bool = False) -> Array:
   """sum over fakes and relu1_1..relu5_1 of VGG_WEIGHTS[k] L1(vgg_k(fake), vgg_k(real)); real's are constants.
 
-  One VGG pass over all images. The reference feeds images in [-1, 1] to ImageNet
+  One VGG pass over the fakes and one over the real frames: a separate pass keeps
+  autodiff from computing an input gradient for the real frames, a third of the
+  backward pass. The reference feeds images in [-1, 1] to ImageNet
   VGG19 as they are; `normalize` maps them to ImageNet's normalised range first
   (what torchvision's weights expect). Images wider than 1024 are halved first
   (2x2 average), as the reference does.
@@ -65,15 +67,15 @@ def vgg_loss(vgg, vgg_variables, fakes: Sequence[Array], real: Array, normalize:
   images = [at_least_f32(f) for f in fakes] + [jax.lax.stop_gradient(at_least_f32(real))]
   while images[0].shape[-2] > 1024:
     images = [_avg_pool2(x) for x in images]
-  x = jnp.concatenate(images, axis=0)
   if normalize:
     mean = jnp.array([0.485, 0.456, 0.406])
     std = jnp.array([0.229, 0.224, 0.225])
-    x = ((x + 1) / 2 - mean) / std
+    images = [((x + 1) / 2 - mean) / std for x in images]
   n = real.shape[0]
+  targets = vgg.apply(vgg_variables, images[-1])
   total = 0.
-  for weight, features in zip(VGG_WEIGHTS, vgg.apply(vgg_variables, x)):
-    target = jax.lax.stop_gradient(at_least_f32(features[-n:]))
+  for weight, features, target in zip(VGG_WEIGHTS, vgg.apply(vgg_variables, jnp.concatenate(images[:-1], 0)), targets):
+    target = jax.lax.stop_gradient(at_least_f32(target))
     for i in range(len(fakes)):
       total = total + weight * jnp.mean(jnp.abs(at_least_f32(features[i * n:(i + 1) * n]) - target))
   return total

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from layered_jax.models.layers import BatchNorm, Conv, Dtype, InstanceNorm, at_least_f32, leaky_relu
+from layered_jax.models.layers import BatchNorm, Conv, Dtype, InstanceNorm, at_least_f32, leaky_relu, max_pool2x
 from layered_jax.vid2vid.warp import flow_warp
 
 Array = jax.Array
@@ -32,7 +32,7 @@ _ACTIVATIONS = {
     'lrelu': leaky_relu,
     'tanh': lambda x: jnp.tanh(at_least_f32(x)),  # network outputs are float32
     'sigmoid': lambda x: nn.sigmoid(at_least_f32(x)),
-    'maxpool': lambda x: nn.max_pool(x, (2, 2), (2, 2)),
+    'maxpool': max_pool2x,
 }
 FLOW_SCALE = 20.  # the flow head's output times this is the flow in pixels (times 2^s at local scale s)
 
