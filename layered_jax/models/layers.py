@@ -63,28 +63,38 @@ def _conv_s1_cpu_fwd(x, w, padding, dilation):
   return _conv(x, w, padding, dilation), (x, w)
 
 
+def _weight_gradient(xp: Array, dy: Array, kh: int, kw: int, dilation: int = 1, stride: int = 1) -> Array:
+  """dL/dw [kh,kw,I,O] of y[q] = sum_ij xp[stride * q + dilation * (i, j)] @ w[i, j], as matrix products.
+
+  XLA's own weight-gradient convolutions run at a few GFLOP/s or less on CPU in some
+  layouts (in vid2vid's training step at 256x192 a stride-2 3x3 one took 22 s for
+  1.8 GFLOP); these products do not depend on the layout XLA picks.
+  """
+  n, oh, ow, features = dy.shape
+  offsets = [(i * dilation, j * dilation) for i in range(kh) for j in range(kw)]
+  if features <= 16 and stride == 1:
+    # dw[i,j] = sum_q xp[q]^T dy[q - offset_ij]: one product against the thin patches of dy.
+    hp, wp = xp.shape[1:3]
+    shifted = [jnp.pad(dy, ((0, 0), (a, hp - oh - a), (b, wp - ow - b), (0, 0))) for a, b in offsets]
+    dw = _matmul(xp.reshape(-1, xp.shape[-1]).T, jnp.concatenate(shifted, -1).reshape(-1, kh * kw * features))
+    return dw.reshape(-1, kh, kw, features).transpose(1, 2, 0, 3)
+  # dw[i,j] = (input window at offset ij)^T @ dy, one product per tap.
+  dy_rows = dy.reshape(-1, features)
+  channels = xp.shape[-1]
+  windows = [lax.slice(xp, (0, a, b, 0), (n, a + stride * (oh - 1) + 1, b + stride * (ow - 1) + 1, channels),
+                       (1, stride, stride, 1)) for a, b in offsets]
+  return jnp.stack([_matmul(x.reshape(-1, channels).T, dy_rows) for x in windows]).reshape(kh, kw, channels, features)
+
+
 def _conv_s1_cpu_bwd(padding, dilation, residuals, dy):
   x, w = residuals
-  kh, kw, _, features = w.shape
+  kh, kw, _, _ = w.shape
   span = ((kh - 1) * dilation, (kw - 1) * dilation)
   # Input gradient: correlation of dy with the flipped, transposed kernel.
   dx_padding = tuple((s - lo, s - hi) for s, (lo, hi) in zip(span, padding))
   dx = _conv(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3), dx_padding, dilation)
   xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
-  _, oh, ow, _ = dy.shape
-  offsets = [(i * dilation, j * dilation) for i in range(kh) for j in range(kw)]
-  if features <= 16:
-    # dw[i,j] = sum_q xp[q]^T dy[q - offset_ij]: one product against the thin patches of dy.
-    hp, wp = xp.shape[1:3]
-    shifted = [jnp.pad(dy, ((0, 0), (a, hp - oh - a), (b, wp - ow - b), (0, 0))) for a, b in offsets]
-    dw = _matmul(xp.reshape(-1, xp.shape[-1]).T, jnp.concatenate(shifted, -1).reshape(-1, kh * kw * features))
-    dw = dw.reshape(-1, kh, kw, features).transpose(1, 2, 0, 3)
-  else:
-    # dw[i,j] = (input window at offset ij)^T @ dy, one product per tap.
-    dy_rows = dy.reshape(-1, features)
-    dw = jnp.stack([_matmul(xp[:, a:a + oh, b:b + ow, :].reshape(-1, xp.shape[-1]).T, dy_rows)
-                    for a, b in offsets]).reshape(w.shape)
-  return dx, dw.astype(w.dtype)
+  return dx, _weight_gradient(xp, dy, kh, kw, dilation).astype(w.dtype)
 
 
 _conv_s1_cpu.defvjp(_conv_s1_cpu_fwd, _conv_s1_cpu_bwd)
@@ -134,11 +144,13 @@ def _strided_conv(x: Array, w: Array) -> Array:
   return _conv(x, w, ((1, 1), (1, 1)), 1, 2)
 
 
-def _with_adjoint_input_gradient(forward: Callable, adjoint: Callable) -> Callable:
+def _with_adjoint_input_gradient(forward: Callable, adjoint: Callable,
+                                 weight_gradient: Optional[Callable] = None) -> Callable:
   """forward(x, w) whose input gradient is adjoint(dy, w with in/out swapped).
 
   The two 2x resamplings are adjoint: each one's input gradient is the other's
-  (fast) forward pass. The weight gradient goes through forward's own VJP.
+  (fast) forward pass. The weight gradient is weight_gradient(x, dy, w), or
+  forward's own VJP without one.
   """
 
   @jax.custom_vjp
@@ -147,15 +159,24 @@ def _with_adjoint_input_gradient(forward: Callable, adjoint: Callable) -> Callab
 
   def backward(residuals, dy):
     x, w = residuals
-    _, pullback = jax.vjp(lambda w: forward(x, w), w)
-    return adjoint(dy, w.swapaxes(2, 3)), pullback(dy)[0]
+    if weight_gradient is not None:
+      dw = weight_gradient(x, dy, w)
+    else:
+      _, pullback = jax.vjp(lambda w: forward(x, w), w)
+      dw = pullback(dy)[0]
+    return adjoint(dy, w.swapaxes(2, 3)), dw
 
   resample.defvjp(lambda x, w: (forward(x, w), (x, w)), backward)
   return resample
 
 
+def _strided_conv_weight_gradient(x: Array, dy: Array, w: Array) -> Array:
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return _weight_gradient(xp, dy, w.shape[0], w.shape[1], stride=2).astype(w.dtype)
+
+
 _conv_transpose_cpu = _with_adjoint_input_gradient(_phase_conv_transpose, _strided_conv)
-_strided_conv_cpu = _with_adjoint_input_gradient(_strided_conv, _phase_conv_transpose)
+_strided_conv_cpu = _with_adjoint_input_gradient(_strided_conv, _phase_conv_transpose, _strided_conv_weight_gradient)
 
 
 def conv_transpose2x(x: Array, w: Array) -> Array:
@@ -180,16 +201,16 @@ def conv_reflect_s1(x: Array, w: Array) -> Array:
 
   On CPU the convolution also pads one zero row and column before, whose outputs are
   dropped: XLA:CPU runs convolutions that pad nothing up to 8x slower here (7x7, 18
-  input channels, 96x128: 25 ms against 4.7 ms). The 7x7 ones keep XLA's own
-  gradients, which were as fast as conv_same_s1's (vid2vid's generator at 256x192,
-  ngf 64) or faster (96x128, ngf 16: 0.37 s against 0.49 s per forward and backward)
-  and compile in half the time; the 3x3 ones gain from conv_same_s1's.
+  input channels, 96x128: 25 ms against 4.7 ms). Narrow 7x7 ones (32 channels or fewer
+  in and out, e.g. ngf 16) keep XLA's own gradients, 3-15x faster there than
+  conv_same_s1's products; wider ones take conv_same_s1's, as XLA's weight gradient
+  ran at under 1 GFLOP/s in the training step at ngf 128 (12 s for 7x7x18x128 at 256x192).
   """
   p = w.shape[0] // 2
   x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode='reflect')
   if jax.default_backend() != 'cpu':
     return _conv(x, w, ((0, 0), (0, 0)))
-  padded = _conv if w.shape[0] >= 7 else conv_same_s1
+  padded = _conv if w.shape[0] >= 7 and max(w.shape[2:]) <= 32 else conv_same_s1
   return padded(x, w, ((1, 0), (1, 0)))[:, 1:, 1:]
 
 
