@@ -153,26 +153,28 @@ def test_conv_init_follows_torch_bounds():
   assert np.abs(transposed['params']['kernel']).max() <= 1 / np.sqrt(8 * 16)
 
 
-@pytest.mark.parametrize('kernel,stride,padding,mode,transpose,size', [
-    (3, 1, 1, 'reflect', False, (8, 6)),  # vid2vid's residual blocks
-    (7, 1, 3, 'reflect', False, (12, 10)),  # its C7 layers
-    (3, 2, 1, 'zeros', False, (8, 6)),  # its downsampling (adjoint input gradient)
-    (3, 2, 1, 'zeros', False, (9, 7)),  # odd sizes: XLA's own
-    (4, 2, 2, 'zeros', False, (9, 7)),  # PatchGAN
-    (4, 1, 2, 'zeros', False, (5, 4)),
-    (3, 2, 1, 'zeros', True, (4, 3)),  # its upsampling: ConvTranspose2d(3, 2, 1, output_padding=1)
+@pytest.mark.parametrize('kernel,stride,padding,mode,transpose,size,channels', [
+    (3, 1, 1, 'reflect', False, (8, 6), (6, 5)),  # vid2vid's residual blocks
+    (7, 1, 3, 'reflect', False, (12, 10), (6, 5)),  # its C7 layers, narrow: XLA's own gradients
+    (7, 1, 3, 'reflect', False, (12, 10), (33, 5)),  # wide: conv_same_s1's weight gradient products
+    (3, 2, 1, 'zeros', False, (8, 6), (6, 5)),  # its downsampling (adjoint input gradient, per-tap weight gradient)
+    (3, 2, 1, 'zeros', False, (9, 7), (6, 5)),  # odd sizes: XLA's own
+    (4, 2, 1, 'zeros', False, (8, 6), (6, 5)),  # the renderer's downsampling
+    (4, 2, 2, 'zeros', False, (9, 7), (6, 5)),  # PatchGAN
+    (4, 1, 2, 'zeros', False, (5, 4), (6, 5)),
+    (3, 2, 1, 'zeros', True, (4, 3), (6, 5)),  # its upsampling: ConvTranspose2d(3, 2, 1, output_padding=1)
 ])
-def test_padded_convs_match_torch_forward_and_gradients(rng, kernel, stride, padding, mode, transpose, size):
+def test_padded_convs_match_torch_forward_and_gradients(rng, kernel, stride, padding, mode, transpose, size, channels):
   if transpose:
-    conv = torch.nn.ConvTranspose2d(6, 5, kernel, stride, padding, output_padding=1)
+    conv = torch.nn.ConvTranspose2d(*channels, kernel, stride, padding, output_padding=1)
   else:
-    conv = torch.nn.Conv2d(6, 5, kernel, stride, padding, padding_mode=mode)
-  x = torch.randn(2, 6, *size, requires_grad=True)
+    conv = torch.nn.Conv2d(*channels, kernel, stride, padding, padding_mode=mode)
+  x = torch.randn(2, channels[0], *size, requires_grad=True)
   y_t = conv(x)
   (y_t * torch.cos(y_t)).sum().backward()
   axes = (2, 3, 0, 1) if transpose else (2, 3, 1, 0)
   params = {'kernel': conv.weight.detach().numpy().transpose(axes), 'bias': conv.bias.detach().numpy()}
-  module = layers.Conv(5, kernel, stride, transpose=transpose, padding=None if transpose else padding,
+  module = layers.Conv(channels[1], kernel, stride, transpose=transpose, padding=None if transpose else padding,
                        padding_mode=mode)
 
   def loss(params, x):
@@ -184,6 +186,16 @@ def test_padded_convs_match_torch_forward_and_gradients(rng, kernel, stride, pad
   np.testing.assert_allclose(dx, nhwc(x.grad), atol=1e-4)
   np.testing.assert_allclose(dparams['kernel'], conv.weight.grad.numpy().transpose(axes), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(dparams['bias'], conv.bias.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_max_pool2x_matches_torch_forward_and_gradient_on_odd_sizes(rng):
+  x = torch.randn(2, 3, 9, 7, requires_grad=True)
+  y_t = F.max_pool2d(x, 2)
+  (y_t * torch.cos(y_t)).sum().backward()
+  y, pullback = jax.vjp(layers.max_pool2x, nhwc(x))
+  np.testing.assert_array_equal(y, nhwc(y_t))
+  np.testing.assert_allclose(pullback(jnp.asarray(nhwc(torch.cos(y_t) - y_t * torch.sin(y_t))))[0], nhwc(x.grad),
+                             rtol=1e-6, atol=1e-6)
 
 
 def test_batchnorm_uses_batch_statistics_as_torch_train_mode_even_far_from_zero(rng):
