@@ -164,6 +164,7 @@ def run_one(code: str, kind: str, seed: int, settings: Settings, root: str, reti
     times = run_original(settings, video, workdir, seed, retiming)
   steps = settings.n_epochs * -(-settings.frames // settings.batch_size)
   result = {**key, **times, 'steps': steps, 'steps_per_sec': steps / times['train_seconds'],
+            'cpus': len(os.sched_getaffinity(0)),  # wall-clock is comparable only between runs with as many
             **score(os.path.join(workdir, 'export'), video)}
   with open(result_path, 'w') as f:
     json.dump(result, f, indent=1)
@@ -183,17 +184,22 @@ def summarize(runs: Sequence[Dict]) -> Dict[str, Dict[str, Dict[str, float]]]:
   return summary
 
 
+def _short(x: float) -> str:
+  return f'{x:.0f}' if abs(x) >= 100 else f'{x:.3g}'
+
+
 def format_table(runs: Sequence[Dict], summary: Dict) -> str:
   """Each run, then per code and scene group the mean and, beneath it, min..max."""
   heads = ('alpha IoU', 'shadow rec', 'stray alpha', 'bg PSNR', 'bg PSNR98', 'bg peak', 'recomp PSNR', 'train s', 'steps/s')
-  lines = [f'{"code":<18}{"scene":<11}{"seed":>5}' + ''.join(f'{h:>13}' for h in heads)]
+  lines = [f'{"code":<18}{"scene":<11}{"seed":>5}' + ''.join(f'{h:>15}' for h in heads)]
   for r in runs:
-    lines.append(f'{r["code"]:<18}{r["kind"]:<11}{r["seed"]:>5}' + ''.join(f'{r[m]:>13.3f}' for m in METRICS))
-  lines += ['', f'{"code":<18}{"scenes":<16}' + ''.join(f'{h:>13}' for h in heads) + '  (mean; min..max)']
+    lines.append(f'{r["code"]:<18}{r["kind"]:<11}{r["seed"]:>5}' + ''.join(f'{r[m]:>15.3f}' for m in METRICS))
+  lines += ['', f'{"code":<18}{"scenes":<16}' + ''.join(f'{h:>15}' for h in heads) + '  (mean; min..max)']
   for code, groups in summary.items():
     for group, stats in groups.items():
-      lines.append(f'{code:<18}{group:<16}' + ''.join(f'{stats[m]["mean"]:>13.3f}' for m in METRICS))
-      lines.append(' ' * 34 + ''.join(f'{stats[m]["min"]:>6.4g}..{stats[m]["max"]:<5.4g}' for m in METRICS))
+      lines.append(f'{code:<18}{group:<16}' + ''.join(f'{stats[m]["mean"]:>15.3f}' for m in METRICS))
+      spans = (_short(stats[m]['min']) + '..' + _short(stats[m]['max']) for m in METRICS)
+      lines.append(' ' * 34 + ''.join(f'{span:>15}' for span in spans))
   return '\n'.join(lines)
 
 

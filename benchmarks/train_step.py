@@ -3,9 +3,10 @@
   python -m benchmarks.train_step                      # 256x448, 2 and 4 layers, table
   python -m benchmarks.train_step --json               # one JSON object per line
   python -m benchmarks.train_step --dtype=bfloat16 --skip_torch   # accelerators
+  python -m benchmarks.train_step --layers 3 --height 64 --width 128 --batch_size 8   # the quality runs' step
 
 Both sides run the reference network (nf=64, 16-channel texture, 24 textures
-per person) at batch 1 on the same random inputs, in one process (so both get
+per person) at batch 1 (or --batch_size) on the same random inputs, in one process (so both get
 malloc on huge pages, see layered_jax/hugepages.py), timed in alternating
 rounds whose median counts, so that a shared machine's drifting speed does not
 favour either side. FLOPs per step come from XLA's cost analysis (the spec
@@ -93,6 +94,7 @@ def main(argv=None):
   parser.add_argument('--height', type=int, default=256)
   parser.add_argument('--width', type=int, default=448)
   parser.add_argument('--num_filters', type=int, default=64)
+  parser.add_argument('--batch_size', type=int, default=1, help='frames per step (the quality benchmark trains at 8)')
   parser.add_argument('--steps', type=int, default=2, help='timed steps per round')
   parser.add_argument('--rounds', type=int, default=3, help='alternating JAX/PyTorch rounds; the median round counts')
   parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
@@ -110,17 +112,17 @@ def main(argv=None):
   peaks = peak_tflops(device.device_kind)
   if not args.json:
     print(f'device: {device.device_kind} ({jax.default_backend()}), {args.height}x{args.width}, '
-          f'batch 1, nf={args.num_filters}, {args.dtype}')
+          f'batch {args.batch_size}, nf={args.num_filters}, {args.dtype}')
     print(f'{"layers":>6} {speed_header(peaks)}')
   rows = []
   for num_layers in args.layers:
-    batch = random_batch(np.random.default_rng(0), 1, num_layers, args.height, args.width)
+    batch = random_batch(np.random.default_rng(0), args.batch_size, num_layers, args.height, args.width)
     jax_step, flops, planned_bytes = jax_stepper(batch, args.num_filters, args.dtype)
     steppers = [jax_step] if args.skip_torch else [jax_step, torch_stepper(batch, args.num_filters)]
     seconds = median_step_seconds(steppers, args.steps, args.rounds)
     peak_bytes = (device.memory_stats() or {}).get('peak_bytes_in_use')
     row = {'layers': num_layers, 'height': args.height, 'width': args.width, 'dtype': args.dtype,
-           'device': device.device_kind, **speed_fields(1, seconds, flops, peaks),
+           'device': device.device_kind, 'batch_size': args.batch_size, **speed_fields(args.batch_size, seconds, flops, peaks),
            'planned_memory_gib': planned_bytes / 2 ** 30,
            'peak_memory_gib': None if peak_bytes is None else peak_bytes / 2 ** 30}
     rows.append(row)

@@ -134,6 +134,20 @@ def test_settings_compress_the_schedule_into_the_budget():
   assert quality.Settings(frames=30, batch_size=8, steps=100).n_epochs == 25  # ceil(30 / 8) = 4 steps an epoch
 
 
+def test_table_gives_each_metric_its_own_column_with_mean_and_span():
+  runs = [{'code': 'original', 'kind': 'long_hard', 'seed': seed,
+           **{m: v * (1 + seed) for m, v in zip(quality.METRICS, (0.4499, 0.119, 0.01057, 21.66, 23.52, 9944., 21.28,
+                                                                   1660.5, 1.4453))}} for seed in (0, 1)]
+  summary = quality.summarize(runs)
+  assert summary['original']['all']['background_psnr'] == {'min': 21.66, 'mean': 21.66 * 1.5, 'max': 43.32}
+  lines = quality.format_table(runs, summary).splitlines()
+  assert len({len(line) for line in lines if line and '(mean' not in line}) == 1  # rows as wide as the header
+  spans = lines[-1].split()  # the last group's min..max
+  assert len(spans) == len(quality.METRICS)
+  assert spans[0] == '0.45..0.9' and spans[5] == '9944..19888' and spans[7] == '1660..3321'
+  assert [float(x) for x in lines[1].split()[3:]] == pytest.approx([runs[0][m] for m in quality.METRICS], abs=1e-3)
+
+
 def test_quick_benchmark_trains_exports_and_scores(tmp_path):
   """The CI-sized run: ours on one scene, one seed, a tiny network; the file's slow test (95 s on the shared 2-core
   machine, most of it compiling the UNet in the train and the export process)."""
@@ -145,6 +159,6 @@ def test_quick_benchmark_trains_exports_and_scores(tmp_path):
   assert run['code'] == 'ours-faithful' and run['steps'] == quality.QUICK.steps
   assert 0 <= run['alpha_iou'] <= 1 and 0 <= run['shadow_recall'] <= 1
   assert 5 < run['background_psnr'] <= run['background_psnr_98'] < 60 and 5 < run['recomposited_psnr'] < 60
-  assert run['steps_per_sec'] > 0 and run['train_seconds'] > 0
+  assert run['steps_per_sec'] > 0 and run['train_seconds'] > 0 and run['cpus'] == len(os.sched_getaffinity(0))
   stats = report['summary']['ours-faithful']['all']['background_psnr']
   assert stats['min'] == stats['mean'] == stats['max'] == run['background_psnr']

@@ -39,8 +39,9 @@ def test_jitted_donated_steps_reduce_the_loss_on_a_fixed_batch():
 
 def test_benchmark_reports_both_frameworks(capsys):
   rows = benchmark.main(['--layers', '2', '--height', '64', '--width', '128', '--num_filters', '8',
-                         '--steps', '1', '--json'])
+                         '--batch_size', '2', '--steps', '1', '--json'])
   (row,) = rows
+  assert row['batch_size'] == 2
   assert row['jax_fps'] > 0 and row['torch_fps'] > 0
   assert np.isclose(row['ratio'], row['jax_fps'] / row['torch_fps'])
   # XLA's count for nf=8 at 64x128 is far below the 148 GFLOP of the full-size step, and not zero.
